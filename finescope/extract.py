@@ -1,0 +1,591 @@
+"""The hidden-state cache: one forward pass per batch over a task's items, every layer's pooled
+vectors written to disk as they come, plus the attention maps of the first few items.
+
+Layout of a cache folder (read by probing and by the change measures)::
+
+    meta.json        what is stored and how it was made (see :func:`run_extract`)
+    premise.npy      NLI: (n_layers, n_items, width), one mean-pooled vector per premise
+    hypothesis.npy   NLI: (n_layers, n_items, width), one per hypothesis
+    word.npy         NER: (n_layers, n_words, width), one vector per word (mean of its sub-words)
+    attention.npy    flat; sequence k is (n_blocks, n_heads, T_k, T_k) at meta offsets[k]
+
+Choices that matter for the study:
+
+- Premise and hypothesis are encoded as two separate sequences, as in the study.
+- A sequence vector is the mean over its real, non-special tokens: padding and tokens such as
+  ``[CLS]``, ``[SEP]`` or ``<s>`` are left out (all real tokens are used if a text has no other
+  token). A word vector is the mean of the hidden states of its sub-words, from the tokenizer's
+  own word alignment, so no sub-word convention is assumed.
+- Sequences are padded on the right by default. A real token then sits at the same position as
+  without padding, and neither bidirectional attention (masked) nor causal attention (it never
+  looks right) can see the pads, so vectors do not depend on the batch. With
+  ``padding_side="left"``, explicit ``position_ids`` counting from 0 at the first real token are
+  passed, which is right for models whose positions start at 0 (BERT, GPT-2, rotary models).
+- Attention maps are only requested when ``attention_items > 0``; the model is then loaded with
+  the eager attention implementation (the fused ones do not return maps) for the whole run, so
+  every item's hidden states come from the same kernels. Otherwise the library default is used.
+- Attention sequences are batched apart from the others, so only their batches pay for the maps.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from finescope.errors import FinescopeError
+from finescope.io import atomic_path, read_json, write_json
+from finescope.models import encode_words, is_decoder, load_model, load_tokenizer, word_index
+
+DEFAULTS: dict = {
+    "batch_size": 16,
+    "max_length": 128,
+    "dtype": "float16",
+    "attention_items": 0,
+    "trust_remote_code": False,
+    "random_init": False,
+    "seed": 0,
+    "padding_side": "right",
+    "device": "auto",
+    "bf16_autocast": False,
+}
+DTYPES = {"float16": np.float16, "float32": np.float32}
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+VIEWS = {"nli": ["premise", "hypothesis"], "ner": ["word"]}
+
+
+@dataclass
+class _Sequence:
+    """One model input and what to pool from it."""
+
+    input_ids: list[int]
+    token_type_ids: list[int] | None
+    # (view index, output row, token positions) per pooled vector
+    groups: list[tuple[int, int, list[int]]] = field(default_factory=list)
+    attention_k: int = -1  # index in the attention store, -1 when not stored
+
+
+def _settings(settings: dict | None) -> dict:
+    merged = {**DEFAULTS, **(settings or {})}
+    unknown = sorted(
+        set(merged) - set(DEFAULTS) - {"max_items", "max_train_items", "max_test_items"}
+    )
+    if unknown:
+        raise FinescopeError(
+            f"extract settings: unknown key(s) {unknown}; known keys are {sorted(DEFAULTS)}"
+        )
+    if merged["dtype"] not in DTYPES:
+        raise FinescopeError(
+            f"extract settings `dtype`: {merged['dtype']!r} is not one of {sorted(DTYPES)}"
+        )
+    if merged["padding_side"] not in ("right", "left"):
+        raise FinescopeError(
+            f"extract settings `padding_side`: {merged['padding_side']!r} is not right or left"
+        )
+    for key in ("batch_size", "max_length"):
+        if int(merged[key]) < 1:
+            raise FinescopeError(f"extract settings `{key}`: must be a positive integer")
+    if int(merged["attention_items"]) < 0:
+        raise FinescopeError("extract settings `attention_items`: must be 0 or more")
+    return merged
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _load_model(model_dir: Path, task: str, settings: dict, need_attention: bool):
+    """The bare model, pre-trained weights or (``random_init``) the same architecture with
+    freshly initialised weights drawn under ``seed``."""
+    attn = "eager" if need_attention else None
+    trust = bool(settings["trust_remote_code"])
+    if settings["random_init"]:
+        config = transformers.AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust)
+        kwargs: dict = {"trust_remote_code": trust, "dtype": torch.float32}
+        if attn:
+            kwargs["attn_implementation"] = attn
+        torch.manual_seed(int(settings["seed"]))
+        return transformers.AutoModel.from_config(config, **kwargs)
+    return load_model(
+        model_dir, task, head=False, attn_implementation=attn, trust_remote_code=trust
+    )
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _check_items(task: str, items: list[dict]) -> None:
+    if task not in VIEWS:
+        raise FinescopeError(f"extract: unknown task {task!r}; expected one of {sorted(VIEWS)}")
+    if not items:
+        raise FinescopeError(f"extract ({task}): no items to encode; check the data stage output")
+    for item in items:
+        if task == "nli":
+            if not isinstance(item.get("premise"), str) or not isinstance(
+                item.get("hypothesis"), str
+            ):
+                raise FinescopeError(
+                    f"extract (nli): item {item.get('id')!r} needs string `premise` and "
+                    "`hypothesis` fields"
+                )
+        else:
+            tokens, tags = item.get("tokens"), item.get("tags")
+            if (
+                not isinstance(tokens, list)
+                or not isinstance(tags, list)
+                or len(tokens) != len(tags)
+            ):
+                raise FinescopeError(
+                    f"extract (ner): item {item.get('id')!r} needs `tokens` and `tags` lists of "
+                    "equal length"
+                )
+
+
+def _encode_texts(tokenizer, texts: list[str], max_length: int):
+    """Token ids, token type ids and pooling positions of each text, and how many were cut."""
+    kwargs = {"return_special_tokens_mask": True, "verbose": False}
+    enc = tokenizer(texts, **kwargs)
+    long = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > max_length]
+    rows = {i: {key: enc[key][i] for key in enc.keys()} for i in range(len(texts))}
+    if long:
+        cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length, **kwargs)
+        for j, i in enumerate(long):
+            rows[i] = {key: cut[key][j] for key in cut.keys()}
+    out = []
+    for i in range(len(texts)):
+        row = rows[i]
+        special = row.get("special_tokens_mask") or [0] * len(row["input_ids"])
+        positions = [t for t, s in enumerate(special) if not s]
+        if not positions:  # a text made only of special tokens: use what there is
+            positions = list(range(len(row["input_ids"])))
+        out.append((row["input_ids"], row.get("token_type_ids"), positions))
+    return out, len(long)
+
+
+def _plan_nli(tokenizer, items, max_length, n_attention):
+    texts = [item["premise"] for item in items] + [item["hypothesis"] for item in items]
+    encoded, n_cut = _encode_texts(tokenizer, texts, max_length)
+    n = len(items)
+    sequences = []
+    for i in range(n):
+        for view in (0, 1):
+            ids, types, positions = encoded[i + view * n]
+            seq = _Sequence(ids, types, [(view, i, positions)])
+            if i < n_attention:
+                seq.attention_k = 2 * i + view  # premise first, then hypothesis
+            sequences.append(seq)
+    extra = {"n_truncated_sequences": n_cut}
+    return sequences, [item.get("label") for item in items], extra
+
+
+def _plan_ner(tokenizer, items, max_length, n_attention):
+    words = [list(item["tokens"]) for item in items]
+    full = encode_words(tokenizer, words, None)
+    long = [i for i in range(len(items)) if len(full["input_ids"][i]) > max_length]
+    cut = encode_words(tokenizer, [words[i] for i in long], max_length) if long else None
+    where = {i: j for j, i in enumerate(long)}
+
+    sequences, labels, word_item, word_position = [], [], [], []
+    n_lost = n_empty = 0
+    for i, item in enumerate(items):
+        n_words = len(words[i])
+        full_ids = word_index(full, i)
+        counts = np.bincount([w for w in full_ids if w is not None], minlength=n_words)
+        enc, k = (cut, where[i]) if i in where else (full, i)
+        ids = enc["input_ids"][k]
+        types = enc["token_type_ids"][k] if "token_type_ids" in enc else None
+        positions: dict[int, list[int]] = {}
+        for t, w in enumerate(word_index(enc, k)):
+            if w is not None:
+                positions.setdefault(w, []).append(t)
+        seq = _Sequence(ids, types, attention_k=i if i < n_attention else -1)
+        for w in range(n_words):
+            kept = positions.get(w, [])
+            if counts[w] == 0:
+                n_empty += 1  # the tokenizer gives this word no token at all
+                continue
+            if len(kept) != counts[w]:
+                n_lost += 1  # cut (fully or partly) by truncation at max_length
+                continue
+            seq.groups.append((0, len(labels), kept))
+            labels.append(item["tags"][w])
+            word_item.append(i)
+            word_position.append(w)
+        sequences.append(seq)
+    extra = {
+        "word_item": word_item,
+        "word_position": word_position,
+        "n_truncated_sequences": len(long),
+        "n_words_lost": n_lost,
+        "n_words_without_tokens": n_empty,
+    }
+    return sequences, labels, extra
+
+
+def _batches(sequences: list[_Sequence], batch_size: int) -> list[list[int]]:
+    """Attention sequences first, then the rest; each part sorted longest first so that similar
+    lengths share a batch (little padding) and an out-of-memory batch shows up at once."""
+    att = [i for i, s in enumerate(sequences) if s.attention_k >= 0]
+    rest = [i for i, s in enumerate(sequences) if s.attention_k < 0]
+    batches = []
+    for part in (att, rest):
+        part = sorted(part, key=lambda i: -len(sequences[i].input_ids))
+        batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
+    return batches
+
+
+def _collate(batch: list[_Sequence], pad_id: int, left: bool, device):
+    width = max(len(s.input_ids) for s in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    types = None
+    if batch[0].token_type_ids is not None:
+        types = torch.zeros((len(batch), width), dtype=torch.long)
+    starts = []
+    for b, seq in enumerate(batch):
+        n = len(seq.input_ids)
+        start = width - n if left else 0
+        starts.append(start)
+        ids[b, start : start + n] = torch.tensor(seq.input_ids)
+        mask[b, start : start + n] = 1
+        if types is not None:
+            types[b, start : start + n] = torch.tensor(seq.token_type_ids)
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if types is not None:
+        inputs["token_type_ids"] = types.to(device)
+    if left:
+        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+    return inputs, starts, width
+
+
+def _release(array: np.memmap) -> None:
+    """Unmap the pages written so far: they stay in the page cache (and reach the file), but no
+    longer count towards this process's memory, which stays bounded by one batch."""
+    mm = getattr(array, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
+def _store(values: np.ndarray, dtype) -> tuple[np.ndarray, int]:
+    """Cast to the storage type; values beyond float16's range are clipped and counted."""
+    if dtype is np.float16:
+        over = int(np.count_nonzero(np.abs(values) > FLOAT16_MAX))
+        if over:
+            values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)
+        return values.astype(np.float16), over
+    return values.astype(dtype, copy=False), 0
+
+
+def run_extract(
+    task: str, model_dir: str | Path, items: list[dict], out_dir: str | Path, settings: dict
+) -> dict:
+    """Encode ``items`` with the model in ``model_dir`` and write the hidden-state cache.
+
+    Parameters
+    ----------
+    task
+        ``"nli"`` or ``"ner"``.
+    model_dir
+        A model folder written by :func:`finescope.models.materialize_model` (or fine-tuning).
+    items
+        Canonical items of the task (already capped by the caller), in the order to store.
+    out_dir
+        The cache folder; written under a temporary name and renamed when complete.
+    settings
+        ``batch_size`` (16), ``max_length`` (128), ``dtype`` ("float16" | "float32"),
+        ``attention_items`` (0: attention maps of the first k items), ``trust_remote_code``
+        (False), ``random_init`` (False: same architecture, weights re-initialised under
+        ``seed``), ``seed`` (0), ``padding_side`` ("right" | "left"), ``device`` ("auto"),
+        ``bf16_autocast`` (False; CUDA only).
+
+    Returns
+    -------
+    dict
+        ``meta.json`` without its per-item lists (ids, labels, word alignment, attention
+        lengths and offsets).
+    """
+    settings = _settings(settings)
+    _check_items(task, items)
+    model_dir = Path(model_dir)
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=bool(settings["trust_remote_code"]))
+    max_length = int(settings["max_length"])
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        max_length = min(max_length, limit)
+    n_attention = min(int(settings["attention_items"]), len(items))
+    plan = _plan_nli if task == "nli" else _plan_ner
+    sequences, labels, extra = plan(tokenizer, items, max_length, n_attention)
+    views = VIEWS[task]
+    n_rows = len(items) if task == "nli" else len(labels)
+
+    model = _load_model(model_dir, task, settings, need_attention=n_attention > 0)
+    device = _device(str(settings["device"]))
+    model.to(device).eval()
+    text_config = _text_config(model.config)
+    n_layers = int(text_config.num_hidden_layers) + 1
+    width = int(text_config.hidden_size)
+    n_heads = int(text_config.num_attention_heads)
+    n_blocks = n_layers - 1
+    dtype = DTYPES[settings["dtype"]]
+
+    att_seqs = sorted((s for s in sequences if s.attention_k >= 0), key=lambda s: s.attention_k)
+    lengths = [len(s.input_ids) for s in att_seqs]
+    offsets = np.concatenate([[0], np.cumsum([n_blocks * n_heads * t * t for t in lengths])])
+    offsets = [int(o) for o in offsets]
+
+    batches = _batches(sequences, int(settings["batch_size"]))
+    left = settings["padding_side"] == "left"
+    pad_id = tokenizer.pad_token_id
+    autocast = bool(settings["bf16_autocast"]) and device.type == "cuda"
+    forward_passes = n_tokens = n_clipped = 0
+    forward_seconds = 0.0
+
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        arrays = [
+            np.lib.format.open_memmap(
+                tmp / f"{view}.npy", mode="w+", dtype=dtype, shape=(n_layers, n_rows, width)
+            )
+            for view in views
+        ]
+        att_store = None
+        if att_seqs:
+            att_store = np.lib.format.open_memmap(
+                tmp / "attention.npy", mode="w+", dtype=np.float16, shape=(offsets[-1],)
+            )
+        for batch_index in batches:
+            batch = [sequences[i] for i in batch_index]
+            want_att = any(s.attention_k >= 0 for s in batch)
+            inputs, starts, seq_width = _collate(batch, pad_id, left, device)
+            tick = time.perf_counter()
+            with (
+                torch.inference_mode(),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast),
+            ):
+                out = model(**inputs, output_hidden_states=True, output_attentions=want_att)
+            forward_passes += 1
+            hidden = out.hidden_states
+            if len(hidden) != n_layers:
+                raise FinescopeError(
+                    f"extract: model {model_dir} returned {len(hidden)} hidden states, expected "
+                    f"{n_layers} (embeddings + {n_blocks} blocks); this architecture is not "
+                    "supported"
+                )
+            hidden = torch.stack(hidden).float()  # (n_layers, B, T, width)
+            forward_seconds += time.perf_counter() - tick
+            n_tokens += sum(len(s.input_ids) for s in batch)
+
+            # Mean-pool every group in one scatter-add: token (b, t) adds into its group.
+            token_flat, token_group, group_size = [], [], []
+            group_view, group_row = [], []
+            for b, seq in enumerate(batch):
+                for view, row, positions in seq.groups:
+                    g = len(group_size)
+                    token_flat += [b * seq_width + starts[b] + t for t in positions]
+                    token_group += [g] * len(positions)
+                    group_size.append(len(positions))
+                    group_view.append(view)
+                    group_row.append(row)
+            flat = hidden.reshape(n_layers, -1, width)
+            index = torch.tensor(token_group, device=flat.device)
+            pooled = torch.zeros((n_layers, len(group_size), width), device=flat.device)
+            pooled.index_add_(1, index, flat[:, torch.tensor(token_flat, device=flat.device)])
+            pooled /= torch.tensor(group_size, device=flat.device, dtype=pooled.dtype)[:, None]
+            pooled = pooled.cpu().numpy()
+            group_view = np.asarray(group_view)
+            group_row = np.asarray(group_row)
+            for v, array in enumerate(arrays):
+                sel = np.flatnonzero(group_view == v)
+                if sel.size:
+                    values, over = _store(pooled[:, sel], dtype)
+                    n_clipped += over
+                    array[:, group_row[sel]] = values
+                    _release(array)
+
+            if want_att:
+                att = out.attentions
+                if att is None or len(att) != n_blocks or att[0].shape[1] != n_heads:
+                    raise FinescopeError(
+                        f"extract: model {model_dir} did not return {n_blocks} blocks x "
+                        f"{n_heads} heads of attention maps; set extract.attention_items: 0 "
+                        "for this model"
+                    )
+                for b, seq in enumerate(batch):
+                    if seq.attention_k < 0:
+                        continue
+                    s, n = starts[b], len(seq.input_ids)
+                    maps = torch.stack([a[b, :, s : s + n, s : s + n] for a in att])
+                    o = offsets[seq.attention_k]
+                    att_store[o : o + maps.numel()] = maps.float().cpu().numpy().ravel()
+                _release(att_store)
+            del out, hidden, flat, pooled
+
+        for array in [*arrays, att_store]:
+            if array is not None:
+                array.flush()
+        del arrays, att_store
+        seconds = time.perf_counter() - started
+        meta = {
+            "task": task,
+            "n_layers": n_layers,
+            "width": width,
+            "dtype": settings["dtype"],
+            "views": views,
+            "ids": [str(item["id"]) for item in items],
+            "labels": labels,
+            "n_items": len(items),
+            "n_rows": n_rows,
+            "forward_passes": forward_passes,
+            "n_batches": len(batches),
+            "model_dir": str(model_dir.resolve()),
+            "model_type": model.config.model_type,
+            "decoder": is_decoder(model.config),
+            "attn_implementation": getattr(model.config, "_attn_implementation", None),
+            "device": str(device),
+            "max_length": max_length,
+            "pooling": "mean over real non-special tokens (nli); mean of sub-words (ner)",
+            "attention": {
+                "n_sequences": len(att_seqs),
+                "n_items": n_attention,
+                "n_blocks": n_blocks,
+                "n_heads": n_heads,
+                "lengths": lengths,
+                "offsets": offsets[:-1],
+            }
+            if att_seqs
+            else None,
+            "n_clipped_float16": n_clipped,
+            "n_tokens": n_tokens,
+            "seconds": round(seconds, 3),
+            "forward_seconds": round(forward_seconds, 3),
+            "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
+            "settings": {key: settings[key] for key in DEFAULTS},
+            **extra,
+        }
+        write_json(tmp / "meta.json", meta)
+    per_item = {"ids", "labels", "word_item", "word_position"}
+    summary = {k: v for k, v in meta.items() if k not in per_item}
+    if summary["attention"]:
+        summary["attention"] = {
+            k: v for k, v in summary["attention"].items() if k not in ("lengths", "offsets")
+        }
+    return summary
+
+
+def _corrupt(path: Path, why: str) -> FinescopeError:
+    return FinescopeError(f"corrupt cache at {path}: {why}; delete it and re-run")
+
+
+class Cache:
+    """Read access to a cache folder written by :func:`run_extract`.
+
+    Opening checks that ``meta.json`` is there and that every array has the shape and type it
+    declares; layers and attention maps are then read one at a time through memory maps.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise _corrupt(self.path, "meta.json is missing")
+        try:
+            self.meta: dict = read_json(meta_path)
+            self.n_layers = int(self.meta["n_layers"])
+            self.width = int(self.meta["width"])
+            self.views: list[str] = list(self.meta["views"])
+            self.ids: list[str] = list(self.meta["ids"])
+            self.labels: list = list(self.meta["labels"])
+            dtype = np.dtype(DTYPES[self.meta["dtype"]])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _corrupt(self.path, f"meta.json is unreadable ({exc!r})") from exc
+        n_rows = len(self.ids) if self.meta["task"] == "nli" else len(self.labels)
+        for view in self.views:
+            array = self._open(f"{view}.npy")
+            expected = (self.n_layers, n_rows, self.width)
+            if array.shape != expected or array.dtype != dtype:
+                raise _corrupt(
+                    self.path,
+                    f"{view}.npy is {array.shape} {array.dtype}, meta.json says {expected} {dtype}",
+                )
+        att = self.meta.get("attention")
+        self.n_attention = int(att["n_sequences"]) if att else 0
+        if att:
+            total = sum(att["n_blocks"] * att["n_heads"] * t * t for t in att["lengths"])
+            array = self._open("attention.npy")
+            if array.shape != (total,) or array.dtype != np.float16:
+                raise _corrupt(
+                    self.path, f"attention.npy is {array.shape}, meta.json says ({total},)"
+                )
+
+    def _open(self, name: str) -> np.memmap:
+        file = self.path / name
+        if not file.is_file():
+            raise _corrupt(self.path, f"{name} is missing")
+        try:
+            return np.load(file, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as exc:
+            raise _corrupt(self.path, f"{name} cannot be read ({exc})") from exc
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+    @property
+    def n_rows(self) -> int:
+        """Items (NLI) or words (NER) per view."""
+        return len(self.ids) if self.task == "nli" else len(self.labels)
+
+    def layer(self, view: str, layer: int) -> np.ndarray:
+        """Vectors of one view at one layer, read from disk on demand.
+
+        Returns
+        -------
+        np.ndarray
+            ``(N, width)`` float32; N items (NLI) or words (NER).
+        """
+        if view not in self.views:
+            raise FinescopeError(f"cache {self.path}: no view {view!r}; it has {self.views}")
+        if not 0 <= layer < self.n_layers:
+            raise FinescopeError(
+                f"cache {self.path}: layer {layer} is outside 0..{self.n_layers - 1}"
+            )
+        array = self._open(f"{view}.npy")
+        out = np.array(array[layer], dtype=np.float32)
+        del array  # unmap: only this layer was touched
+        return out
+
+    def attention(self, k: int) -> np.ndarray:
+        """Attention maps of stored sequence ``k`` over its real tokens.
+
+        Returns
+        -------
+        np.ndarray
+            ``(n_blocks, n_heads, T, T)`` float32, rows (queries) sum to 1.
+        """
+        att = self.meta.get("attention")
+        if not att or not 0 <= k < att["n_sequences"]:
+            raise FinescopeError(
+                f"cache {self.path}: no attention sequence {k} (it stores {self.n_attention}); "
+                "raise extract.attention_items"
+            )
+        t = att["lengths"][k]
+        shape = (att["n_blocks"], att["n_heads"], t, t)
+        start = att["offsets"][k]
+        array = self._open("attention.npy")
+        out = np.array(array[start : start + math.prod(shape)], dtype=np.float32).reshape(shape)
+        del array
+        return out

@@ -1,0 +1,216 @@
+"""One function per workflow job: read the job's files, call the stage's logic, write outputs.
+
+``scripts/*.py`` call these with values taken from the Snakemake job; everything here works
+just as well from a notebook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from finescope import io
+
+log = logging.getLogger("finescope")
+
+
+@contextlib.contextmanager
+def logged(
+    log_path: str | Path, threads: int | None = None, offline: bool = True
+) -> Iterator[None]:
+    """Send logging, warnings and progress bars of one job to its log file.
+
+    Compute jobs run offline (``HF_HUB_OFFLINE=1``): models reach them through the folders that
+    the local ``prepare_model`` job wrote, which is the only job that may use the network.
+    """
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    with open(log_path, "a", encoding="utf-8") as stream, contextlib.redirect_stderr(stream):
+        try:
+            yield
+        except Exception:
+            log.exception("job failed")
+            raise
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+            sys.stderr.flush()
+
+
+def prepare_model(ref: str, out_dir: str, facts_path: str, trust_remote_code: bool) -> None:
+    from finescope.models import materialize_model
+
+    facts = materialize_model(ref, out_dir, trust_remote_code=trust_remote_code)
+    log.info("materialised %s into %s: %s", ref, out_dir, facts)
+    io.write_json(facts_path, facts)
+
+
+def prepare_data(task: str, data_cfg: dict, seed: int, labels_path: str) -> None:
+    from finescope.data import prepare_task
+
+    stats = prepare_task(task, data_cfg, Path(labels_path).parent, seed)
+    log.info("prepared %s: %s", task, stats)
+
+
+def subsample(task: str, train_path: str, fraction: int, seed: int, out_path: str) -> None:
+    from finescope.subsample import subsample_ids, write_subset
+
+    ids = subsample_ids(io.read_jsonl(train_path), task, seed, fraction=fraction)
+    log.info("%s f%s s%s: %d items", task, fraction, seed, len(ids))
+    write_subset(out_path, ids, task, fraction, seed)
+
+
+def finetune(
+    task: str,
+    model_dir: str,
+    labels_path: str,
+    subset_path: str,
+    model_out: str,
+    checkpoint_dir: str,
+    settings: dict,
+) -> None:
+    from finescope.finetune import run_finetune
+    from finescope.subsample import read_subset
+
+    subset = read_subset(subset_path)
+    ids = subset["ids"] if isinstance(subset, dict) else subset
+    metrics = run_finetune(
+        task,
+        model_dir,
+        Path(labels_path).parent,
+        ids,
+        Path(model_out).parent,
+        checkpoint_dir,
+        settings,
+    )
+    log.info("metrics: %s", metrics)
+
+
+def probe_items(items: list[dict], max_items: int, seed: int) -> list[dict]:
+    """The items probed for a split: a seeded sample by id, the same for every grid point."""
+    if len(items) <= max_items:
+        return items
+    chosen = set(random.Random(seed).sample(sorted(item["id"] for item in items), max_items))
+    return [item for item in items if item["id"] in chosen]
+
+
+def extract(task: str, model_dir: str, data_path: str, out_dir: str, settings: dict) -> None:
+    from finescope.extract import run_extract
+
+    settings = dict(settings)
+    items = probe_items(
+        io.read_jsonl(data_path), settings.pop("max_items"), settings.pop("item_seed")
+    )
+    info = run_extract(task, model_dir, items, Path(out_dir), settings)
+    log.info("extracted %d items: %s", len(items), info)
+
+
+def probe(train_cache: str, test_cache: str, point: dict, settings: dict, out_csv: str) -> None:
+    from finescope.probe import run_probes
+
+    table = run_probes(point["task"], Path(train_cache), Path(test_cache), point, settings)
+    write_csv(table, out_csv)
+
+
+def compare(pretrained: str, finetuned: str, point: dict, settings: dict, out_csv: str) -> None:
+    from finescope.compare import run_compare
+
+    write_csv(run_compare(Path(pretrained), Path(finetuned), point, settings), out_csv)
+
+
+def write_csv(table: pd.DataFrame, path: str | Path) -> None:
+    with io.atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def data_table(labels_paths: list[str], subset_paths: list[str], out_csv: str) -> None:
+    from finescope.data import data_report
+
+    frames = []
+    for labels in labels_paths:
+        data_dir = Path(labels).parent
+        task = data_dir.name
+        subsets = [Path(p) for p in subset_paths if Path(p).parts[-3] == task]
+        frames.append(data_report(task, data_dir, subsets))
+    write_csv(pd.concat(frames, ignore_index=True), out_csv)
+
+
+def _point_from_path(path: str, root: str) -> dict:
+    """``<root>/<task>/<model>/f<fraction>/s<seed>[...]`` back to its grid point."""
+    parts = Path(path).parts
+    i = parts.index(root)
+    task, model, fraction, seed = parts[i + 1 : i + 5]
+    return {"task": task, "model": model, "fraction": fraction[1:], "seed": int(seed[1:])}
+
+
+def tables(
+    metrics_paths: list[str], probe_paths: list[str], change_paths: list[str],
+    facts_paths: list[str], model_meta: dict, outputs: dict,
+) -> None:
+    """Collect every job's numbers into the tidy tables of the run."""
+    from finescope.analysis import collect_downstream, downstream_table, read_tables, tidy_measures
+
+    meta = {name: dict(m) for name, m in model_meta.items()}
+    for facts_path in facts_paths:
+        meta[Path(facts_path).stem]["n_layers"] = io.read_json(facts_path)["n_layers"]
+    records = [
+        {**_point_from_path(p, "finetune"), "metrics": io.read_json(p)} for p in metrics_paths
+    ]
+    downstream = collect_downstream(records, meta)
+    probing = read_tables(probe_paths)
+    change = read_tables(change_paths)
+    tidy = tidy_measures(downstream, probing, change, meta)
+    write_csv(downstream_table(downstream), outputs["downstream"])
+    write_csv(probing, outputs["probing"])
+    write_csv(change, outputs["change"])
+    is_attention = change["measure"].astype(str).str.startswith("attention") if len(change) else []
+    write_csv(change[is_attention] if len(change) else change, outputs["attention"])
+    write_csv(tidy, outputs["measures"])
+    with io.atomic_path(outputs["parquet"]) as tmp:
+        tidy.to_parquet(tmp, index=False)
+
+
+def correlations(measures_path: str, settings: dict, out_csv: str) -> None:
+    from finescope.analysis import correlate
+
+    tidy = pd.read_parquet(measures_path)
+    write_csv(correlate(tidy, seed=settings["seed"], n_boot=settings["n_boot"]), out_csv)
+
+
+def figures(measures_path: str, correlations_path: str, out_dir: str | Path) -> None:
+    from finescope.figures import make_all_figures
+
+    written = make_all_figures(
+        pd.read_parquet(measures_path), pd.read_csv(correlations_path), out_dir
+    )
+    log.info("figures: %s", {name: [str(p) for p in paths] for name, paths in written.items()})
+
+
+def summary(measures_path: str, correlations_path: str, grid: dict, out_path: str) -> None:
+    from finescope.summary import write_summary
+
+    write_summary(
+        pd.read_parquet(measures_path), pd.read_csv(correlations_path), grid, out_path
+    )

@@ -1,0 +1,142 @@
+"""The experiment grid and the settings each job receives, derived from the validated config.
+
+Kept free of Snakemake so the same grid can be inspected from a notebook or a test.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+from finescope.errors import FinescopeError
+from finescope.refs import GGUF_PREFIX, PYPI_PREFIX
+
+# Probes that only make sense for one task: the study's SVM reads sentence pairs,
+# its BiLSTM-CRF reads word sequences.
+TASK_ONLY_PROBES = {"svm": "nli", "bilstm_crf": "ner"}
+PRETRAINED = "0"
+RANDOM = "random"
+TABLES = ["data", "downstream", "probing", "change", "attention", "correlations", "measures"]
+
+
+def check_config(config: dict) -> None:
+    """Checks the JSON schema cannot express; each error names the config key."""
+    for name, model in config["models"].items():
+        ref = model["ref"]
+        if ref.startswith((".", "/", "~")) and not Path(ref).expanduser().exists():
+            raise FinescopeError(
+                f"config key models.{name}.ref: local path {Path(ref).expanduser().resolve()} "
+                "does not exist. Give an existing model folder, a hub id, or pypi:/gguf: package."
+            )
+        if not ref.startswith((PYPI_PREFIX, GGUF_PREFIX)) and ":" in ref:
+            raise FinescopeError(
+                f"config key models.{name}.ref: {ref!r} has an unknown prefix; use pypi:<package>, "
+                "gguf:<package or file>, a local folder or a hub id"
+            )
+        if "/" in name or not name.replace("-", "").replace("_", "").isalnum():
+            raise FinescopeError(
+                f"config key models.{name}: model names may hold letters, digits, '-' and '_' only"
+            )
+    # Missing data files are reported by the data job, not here, so that a grid whose data sits
+    # on another machine (MedNLI on a cluster) can still be planned with `snakemake -n`.
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Tasks × models × fractions × seeds, and the per-job settings."""
+
+    config: dict
+
+    @classmethod
+    def from_config(cls, config: dict) -> Grid:
+        return cls(copy.deepcopy(config))
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.config["tasks"])
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.config["models"])
+
+    @property
+    def trained_fractions(self) -> list[int]:
+        return sorted(f for f in self.config["fractions"] if f > 0)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.config["seeds"])
+
+    def training_points(self) -> list[tuple[str, int]]:
+        """(fraction, seed) pairs that need a fine-tuning job."""
+        return [(str(f), s) for f in self.trained_fractions for s in self.seeds]
+
+    def internal_points(self) -> list[tuple[str, int]]:
+        """(fraction, seed) pairs whose hidden states are probed: the pre-trained model (once,
+        seed 0), the random-weights baseline when enabled, and every trained point."""
+        points = [(PRETRAINED, 0)]
+        if self.config["probe"]["random_baseline"]:
+            points.append((RANDOM, 0))
+        return points + self.training_points()
+
+    def model_meta(self) -> dict[str, dict]:
+        return {
+            name: {"family": m["family"], "domain": m["domain"]}
+            for name, m in self.config["models"].items()
+        }
+
+    def finetune_settings(self, model: str, seed: int) -> dict:
+        settings = copy.deepcopy(self.config["finetune"])
+        override = copy.deepcopy(self.config["models"][model].get("finetune", {}))
+        if "lora" in override:
+            settings["lora"] = {**settings["lora"], **override.pop("lora")}
+        settings.update(override)
+        settings["seed"] = seed
+        settings["trust_remote_code"] = self.config["models"][model]["trust_remote_code"]
+        return settings
+
+    def extract_settings(self, model: str, split: str, random_init: bool = False) -> dict:
+        extract = self.config["extract"]
+        settings = {
+            "batch_size": extract["batch_size"],
+            "max_length": extract["max_length"],
+            "dtype": extract["dtype"],
+            "max_items": extract[f"max_{split}_items"],
+            "item_seed": extract["seed"],
+            # Attention maps are only compared on the test split.
+            "attention_items": extract["attention_items"] if split == "test" else 0,
+            "random_init": random_init,
+            "seed": self.config["probe"]["seed"],
+            "trust_remote_code": self.config["models"][model]["trust_remote_code"],
+        }
+        settings.update(self.config["models"][model].get("extract", {}))
+        return settings
+
+    def probe_settings(self, task: str) -> dict:
+        settings = copy.deepcopy(self.config["probe"])
+        settings["probes"] = [
+            p for p in settings["probes"] if TASK_ONLY_PROBES.get(p, task) == task
+        ]
+        settings.pop("random_baseline")
+        return settings
+
+    def data_inputs(self, wildcards) -> list[str]:
+        """Local files a task reads, so that editing one re-runs that task's jobs only."""
+        data = self.config["tasks"][wildcards.task]["data"]
+        paths = []
+        if data["source"] == "files":
+            paths = [data[s] for s in ("train", "dev", "test") if data.get(s)]
+        elif data["source"] == "hf" and Path(str(data.get("name", ""))).expanduser().exists():
+            paths = [data["name"]]
+        # Only existing files: a missing one is reported by the data job with its config key.
+        return [str(Path(p).expanduser()) for p in paths if Path(p).expanduser().exists()]
+
+    def description(self) -> dict:
+        """The grid in plain values, for the summary."""
+        return {
+            "tasks": self.tasks,
+            "models": self.models,
+            "fractions": sorted(self.config["fractions"]),
+            "seeds": self.seeds,
+        }

@@ -1,0 +1,112 @@
+rule data_table:
+    input:
+        labels=expand("results/data/{task}/labels.json", task=TASKS),
+        subsets=SUBSETS,
+    output:
+        report(
+            "results/tables/data.csv",
+            caption="../report/data.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/analysis/data_table.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/data_table.py"
+
+
+rule tables:
+    input:
+        metrics=METRICS,
+        probes=PROBES,
+        changes=CHANGES,
+        facts=expand("resources/models/{model}.json", model=MODELS),
+    output:
+        downstream=report(
+            "results/tables/downstream.csv",
+            caption="../report/downstream_table.rst",
+            category="Tables",
+        ),
+        probing=report(
+            "results/tables/probing.csv",
+            caption="../report/probing_table.rst",
+            category="Tables",
+        ),
+        change=report(
+            "results/tables/change.csv",
+            caption="../report/change_table.rst",
+            category="Tables",
+        ),
+        attention="results/tables/attention.csv",
+        measures="results/tables/measures.csv",
+        parquet="results/tables/measures.parquet",
+    log:
+        "logs/analysis/tables.log",
+    params:
+        model_meta=GRID.model_meta(),
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/tables.py"
+
+
+rule correlations:
+    input:
+        "results/tables/measures.parquet",
+    output:
+        report(
+            "results/tables/correlations.csv",
+            caption="../report/correlations_table.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/analysis/correlations.log",
+    params:
+        settings=config["analysis"],
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/correlations.py"
+
+
+rule figures:
+    input:
+        measures="results/tables/measures.parquet",
+        correlations="results/tables/correlations.csv",
+    output:
+        png=[
+            report(
+                f"results/figures/{name}.png",
+                caption=f"../report/{name}.rst",
+                category="Figures",
+            )
+            for name in FIGURES
+        ],
+        svg=expand("results/figures/{name}.svg", name=FIGURES),
+    log:
+        "logs/analysis/figures.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/figures.py"
+
+
+rule summary:
+    input:
+        measures="results/tables/measures.parquet",
+        correlations="results/tables/correlations.csv",
+    output:
+        report(
+            "results/summary.md",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+    log:
+        "logs/analysis/summary.log",
+    params:
+        grid=GRID.description(),
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/summary.py"

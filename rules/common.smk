@@ -1,0 +1,89 @@
+from snakemake.utils import validate
+
+from finescope.figures import FIGURES
+from finescope.workflow import TABLES, Grid, check_config
+
+validate(config, schema="../schemas/config.schema.yaml")
+check_config(config)
+
+GRID = Grid.from_config(config)
+TASKS = GRID.tasks
+MODELS = GRID.models
+SPLITS = ["train", "dev", "test"]
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    model="|".join(MODELS),
+    fraction=r"\d+|random",
+    seed=r"\d+",
+    split="train|test",
+
+
+localrules:
+    prepare_model,
+
+
+def final_outputs():
+    return (
+        expand("results/tables/{table}.csv", table=TABLES)
+        + ["results/tables/measures.parquet", "results/summary.md"]
+        + expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "svg"])
+    )
+
+
+def model_dir(wildcards):
+    """Fraction 0 and the random baseline start from the pre-trained folder; others are trained."""
+    if wildcards.fraction in ("0", "random"):
+        return f"resources/models/{wildcards.model}"
+    return "results/finetune/{task}/{model}/f{fraction}/s{seed}/model".format(**wildcards)
+
+
+def finetune_settings(wildcards):
+    return GRID.finetune_settings(wildcards.model, int(wildcards.seed))
+
+
+def extract_settings(wildcards):
+    return GRID.extract_settings(
+        wildcards.model, wildcards.split, random_init=wildcards.fraction == "random"
+    )
+
+
+def probe_settings(wildcards):
+    return GRID.probe_settings(wildcards.task)
+
+
+def point(wildcards):
+    return {
+        "task": wildcards.task,
+        "model": wildcards.model,
+        "fraction": wildcards.fraction,
+        "seed": int(wildcards.seed),
+    }
+
+
+def grid_paths(pattern, points):
+    """``pattern`` formatted for every task × model × (fraction, seed) point."""
+    return [
+        pattern.format(task=t, model=m, fraction=f, seed=s)
+        for t in TASKS
+        for m in MODELS
+        for f, s in points
+    ]
+
+
+METRICS = grid_paths(
+    "results/finetune/{task}/{model}/f{fraction}/s{seed}/metrics.json",
+    GRID.training_points(),
+)
+PROBES = grid_paths(
+    "results/probe/{task}/{model}/f{fraction}/s{seed}.csv", GRID.internal_points()
+)
+CHANGES = grid_paths(
+    "results/change/{task}/{model}/f{fraction}/s{seed}.csv", GRID.training_points()
+)
+SUBSETS = [
+    f"results/subsets/{t}/f{f}/s{s}.json"
+    for t in TASKS
+    for f, s in GRID.training_points()
+]

@@ -1,0 +1,21 @@
+rule compare:
+    input:
+        pretrained="results/cache/{task}/{model}/f0/s0/test",
+        finetuned="results/cache/{task}/{model}/f{fraction}/s{seed}/test",
+    output:
+        "results/change/{task}/{model}/f{fraction}/s{seed}.csv",
+    log:
+        "logs/compare/{task}/{model}/f{fraction}/s{seed}.log",
+    benchmark:
+        "benchmarks/compare/{task}/{model}/f{fraction}/s{seed}.tsv"
+    params:
+        point=point,
+        settings=config["compare"],
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=60,
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/compare.py"

@@ -1,0 +1,28 @@
+rule prepare_data:
+    input:
+        GRID.data_inputs,
+    output:
+        splits=expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
+        labels="results/data/{task}/labels.json",
+    log:
+        "logs/prepare_data/{task}.log",
+    params:
+        data=lambda wc: config["tasks"][wc.task]["data"],
+        seed=config["data_seed"],
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/prepare_data.py"
+
+
+rule subsample:
+    input:
+        train="results/data/{task}/train.jsonl",
+    output:
+        "results/subsets/{task}/f{fraction}/s{seed}.json",
+    log:
+        "logs/subsample/{task}/f{fraction}/s{seed}.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/subsample.py"

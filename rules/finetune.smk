@@ -1,0 +1,25 @@
+rule finetune:
+    input:
+        model="resources/models/{model}",
+        data=expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
+        labels="results/data/{task}/labels.json",
+        subset="results/subsets/{task}/f{fraction}/s{seed}.json",
+    output:
+        model=directory("results/finetune/{task}/{model}/f{fraction}/s{seed}/model"),
+        metrics="results/finetune/{task}/{model}/f{fraction}/s{seed}/metrics.json",
+        curve="results/finetune/{task}/{model}/f{fraction}/s{seed}/curve.csv",
+    log:
+        "logs/finetune/{task}/{model}/f{fraction}/s{seed}.log",
+    benchmark:
+        "benchmarks/finetune/{task}/{model}/f{fraction}/s{seed}.tsv"
+    params:
+        settings=finetune_settings,
+        checkpoints="results/checkpoints/{task}/{model}/f{fraction}/s{seed}",
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=240,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,13 @@
+rule prepare_model:
+    output:
+        model=directory("resources/models/{model}"),
+        facts="resources/models/{model}.json",
+    log:
+        "logs/prepare_model/{model}.log",
+    params:
+        ref=lambda wc: config["models"][wc.model]["ref"],
+        trust_remote_code=lambda wc: config["models"][wc.model]["trust_remote_code"],
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/prepare_model.py"

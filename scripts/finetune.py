@@ -1,0 +1,12 @@
+from finescope import stages
+
+with stages.logged(snakemake.log[0], threads=snakemake.threads):
+    stages.finetune(
+        snakemake.wildcards.task,
+        snakemake.input.model,
+        snakemake.input.labels,
+        snakemake.input.subset,
+        snakemake.output.model,
+        snakemake.params.checkpoints,
+        snakemake.params.settings,
+    )

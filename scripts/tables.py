@@ -1,0 +1,11 @@
+from finescope import stages
+
+with stages.logged(snakemake.log[0]):
+    stages.tables(
+        snakemake.input.metrics,
+        snakemake.input.probes,
+        snakemake.input.changes,
+        snakemake.input.facts,
+        snakemake.params.model_meta,
+        dict(snakemake.output.items()),
+    )

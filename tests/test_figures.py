@@ -1,0 +1,155 @@
+"""Tests for finescope.figures: every figure is a valid PNG and SVG, even without data."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from finescope import analysis, figures
+
+META = {
+    "enc": {"family": "encoder", "domain": "general"},
+    "dec": {"family": "decoder", "domain": "biomedical"},
+}
+
+
+def tiny_tables(models=("enc", "dec"), fractions=(100,), seeds=(0, 1)):
+    rng = np.random.default_rng(0)
+    records, probing, change = [], [], []
+    for model in models:
+        for fraction in (0, "random", *fractions):
+            for seed in seeds if fraction not in (0, "random") else (0,):
+                score = 0.5 + (0 if fraction == "random" else fraction) / 400 + rng.normal(0, 0.02)
+                if fraction not in (0, "random"):
+                    records.append(
+                        {
+                            "task": "nli",
+                            "model": model,
+                            "fraction": fraction,
+                            "seed": seed,
+                            "metrics": {"primary": "accuracy", "score": score, "accuracy": score},
+                        }
+                    )
+                for layer in range(3):
+                    for probe in ("linear",):
+                        for measure in ("accuracy", "selectivity", "compression"):
+                            probing.append(
+                                dict(
+                                    task="nli",
+                                    model=model,
+                                    fraction=fraction,
+                                    seed=seed,
+                                    layer=layer,
+                                    probe=probe,
+                                    measure=measure,
+                                    value=score * (layer + 1) / 3,
+                                )
+                            )
+                    if fraction in (0, "random"):
+                        continue
+                    for head in ("all", "0", "1"):
+                        for measure in ("attention_cosine", "attention_js", "cka"):
+                            change.append(
+                                dict(
+                                    task="nli",
+                                    model=model,
+                                    fraction=fraction,
+                                    seed=seed,
+                                    layer=layer,
+                                    head=head,
+                                    measure=measure,
+                                    value=float(rng.uniform()),
+                                )
+                            )
+    tidy = analysis.tidy_measures(records, pd.DataFrame(probing), pd.DataFrame(change), META)
+    return tidy, analysis.correlate(tidy, seed=0, n_boot=20)
+
+
+def assert_valid(paths):
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    png, svg = paths
+    assert png.stat().st_size > 0 and svg.stat().st_size > 0
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.size[0] > 100 and image.size[1] > 100
+    assert ET.parse(svg).getroot().tag.endswith("svg")
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    tidy, corr = tiny_tables()
+    out = tmp_path_factory.mktemp("figures")
+    return out, figures.make_all_figures(tidy, corr, out)
+
+
+def test_make_all_figures_writes_every_named_figure(drawn):
+    out, written = drawn
+    assert tuple(written) == figures.FIGURES
+    for name, paths in written.items():
+        assert paths == figures.figure_paths(out, name)
+        assert_valid(paths)
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_empty_inputs_still_write_valid_images(tmp_path):
+    empty = analysis.tidy_measures(None, None, None, {})
+    written = figures.make_all_figures(empty, analysis.correlate(empty), tmp_path)
+    assert tuple(written) == figures.FIGURES
+    for paths in written.values():
+        assert_valid(paths)
+
+
+def test_tiny_grid_without_correlations(tmp_path):
+    tidy, corr = tiny_tables(models=("enc",), fractions=(100,), seeds=(0,))
+    assert corr["coefficient"].isna().all()
+    assert_valid(figures.plot_correlation_heatmap(corr, tmp_path / "corr"))
+    assert_valid(figures.plot_top_scatter(tidy, corr, tmp_path / "scatter"))
+    assert_valid(figures.plot_downstream(tidy, tmp_path / "down"))
+
+
+def test_per_head_only_and_all_only_change(tmp_path):
+    tidy, _ = tiny_tables(models=("enc",), fractions=(100,), seeds=(0,))
+    whole = tidy[(tidy["source"] != "change") | (tidy["head"] == "all")]
+    assert_valid(figures.plot_attention_heatmaps(whole, tmp_path / "whole", "attention_js"))
+    heads = tidy[(tidy["source"] != "change") | (tidy["head"] != "all")]
+    assert_valid(figures.plot_cka(heads, tmp_path / "cka"))
+
+
+def test_svg_output_is_deterministic(tmp_path):
+    tidy, _ = tiny_tables(models=("enc",), fractions=(100,), seeds=(0,))
+    a = figures.plot_downstream(tidy, tmp_path / "a")[1].read_bytes()
+    b = figures.plot_downstream(tidy, tmp_path / "b")[1].read_bytes()
+    assert a == b
+
+
+def test_palettes_are_stable_and_distinct():
+    palette = figures.model_palette(["b", "a", "c", "a"])
+    assert list(palette) == ["a", "b", "c"] and len(set(palette.values())) == 3
+    assert figures.model_palette(["c", "a", "b"]) == palette
+    assert len(set(figures.model_palette([f"m{i}" for i in range(14)]).values())) == 14
+    fractions = figures.fraction_palette([100, "random", 0, 10])
+    assert list(fractions) == ["random", "0", "10", "100"]
+    assert fractions["random"] == figures.RANDOM_COLOR
+
+
+def test_top_correlations_picks_largest_absolute(drawn):
+    corr = pd.DataFrame(
+        {
+            "task": ["nli"] * 3,
+            "scope": ["across"] * 3,
+            "model": ["all"] * 3,
+            "measure_source": ["probing"] * 3,
+            "probe": ["linear"] * 3,
+            "measure": ["a", "b", "c"],
+            "layer": ["0"] * 3,
+            "method": ["spearman"] * 3,
+            "coefficient": [0.5, -0.9, np.nan],
+            "q_value": [0.01, 0.02, np.nan],
+        }
+    )
+    assert figures.top_correlations(corr)["measure"].tolist() == ["b"]

@@ -1,0 +1,75 @@
+"""Running Snakemake from tests: a tiny config, dry-run job counts, full runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200):
+    """Run the project's Snakefile with ``workdir`` as working directory."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+        "--directory", str(workdir), *args,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+        )
+    return result
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Jobs per rule that ``snakemake -n`` would run (empty when nothing is to be done)."""
+    result = snakemake(workdir, "-n", *args)
+    text = result.stdout + result.stderr
+    counts: dict[str, int] = {}
+    if "Job stats:" not in text:
+        return counts
+    table = text.split("Job stats:", 1)[1]
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+        if not match:
+            if counts:
+                break
+            continue
+        if match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def tiny_config(workdir: Path, models: dict[str, Path], **overrides) -> Path:
+    """Write a config that runs the whole DAG on tiny random models in about a minute."""
+    config = {
+        "tasks": {
+            "nli": {"data": {"source": "synthetic", "train": 24, "dev": 9, "test": 15}},
+            "ner": {"data": {"source": "synthetic", "train": 24, "dev": 9, "test": 15}},
+        },
+        "models": {
+            name: {"ref": str(path), "family": family, "domain": "general"}
+            for name, (path, family) in models.items()
+        },
+        "fractions": [0, 50, 100],
+        "seeds": [1],
+        "finetune": {"epochs": 1, "batch_size": 8, "learning_rate": 0.001,
+                     "checkpoint_every": 2, "max_length": 64},
+        "extract": {"batch_size": 8, "max_length": 64, "attention_items": 6,
+                    "dtype": "float32"},
+        "probe": {"probes": ["linear"], "mlp": {"hidden": 16, "max_iter": 50}},
+        "analysis": {"n_boot": 50},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
