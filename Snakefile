@@ -3,7 +3,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# A --configfile given on the command line replaces the default instead of merging into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "report/workflow.rst"
@@ -20,6 +23,6 @@ include: "rules/analysis.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

@@ -293,7 +293,9 @@ def collect_downstream(
         }
         rows.append({**base, "measure": "score", "value": float(score)})
         for key in sorted(metrics):
-            if key != "score" and _is_number(metrics[key]):
+            # Grid keys are columns already; timings differ between identical runs.
+            timing = key.endswith(("_seconds", "per_second"))
+            if key != "score" and key not in base and not timing and _is_number(metrics[key]):
                 rows.append({**base, "measure": str(key), "value": float(metrics[key])})
     frame = pd.DataFrame(rows, columns=DOWNSTREAM_COLUMNS)
     return frame.astype({"fraction": "int64", "seed": "int64", "value": "float64"})

@@ -194,7 +194,7 @@ def _plan_ner(tokenizer, items, max_length, n_attention):
     cut = encode_words(tokenizer, [words[i] for i in long], max_length) if long else None
     where = {i: j for j, i in enumerate(long)}
 
-    sequences, labels, word_item, word_position = [], [], [], []
+    sequences, labels, word_item, word_position, word_text = [], [], [], [], []
     n_lost = n_empty = 0
     for i, item in enumerate(items):
         n_words = len(words[i])
@@ -220,10 +220,13 @@ def _plan_ner(tokenizer, items, max_length, n_attention):
             labels.append(item["tags"][w])
             word_item.append(i)
             word_position.append(w)
+            word_text.append(words[i][w])
         sequences.append(seq)
     extra = {
         "word_item": word_item,
         "word_position": word_position,
+        # The word strings, so a control task can give each word type a fixed label.
+        "words": word_text,
         "n_truncated_sequences": len(long),
         "n_words_lost": n_lost,
         "n_words_without_tokens": n_empty,
@@ -477,7 +480,7 @@ def run_extract(
             **extra,
         }
         write_json(tmp / "meta.json", meta)
-    per_item = {"ids", "labels", "word_item", "word_position"}
+    per_item = {"ids", "labels", "word_item", "word_position", "words"}
     summary = {k: v for k, v in meta.items() if k not in per_item}
     if summary["attention"]:
         summary["attention"] = {

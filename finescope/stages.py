@@ -166,8 +166,12 @@ def _point_from_path(path: str, root: str) -> dict:
 
 
 def tables(
-    metrics_paths: list[str], probe_paths: list[str], change_paths: list[str],
-    facts_paths: list[str], model_meta: dict, outputs: dict,
+    metrics_paths: list[str],
+    probe_paths: list[str],
+    change_paths: list[str],
+    facts_paths: list[str],
+    model_meta: dict,
+    outputs: dict,
 ) -> None:
     """Collect every job's numbers into the tidy tables of the run."""
     from finescope.analysis import collect_downstream, downstream_table, read_tables, tidy_measures
@@ -211,6 +215,4 @@ def figures(measures_path: str, correlations_path: str, out_dir: str | Path) -> 
 def summary(measures_path: str, correlations_path: str, grid: dict, out_path: str) -> None:
     from finescope.summary import write_summary
 
-    write_summary(
-        pd.read_parquet(measures_path), pd.read_csv(correlations_path), grid, out_path
-    )
+    write_summary(pd.read_parquet(measures_path), pd.read_csv(correlations_path), grid, out_path)

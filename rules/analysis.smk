@@ -43,10 +43,10 @@ rule tables:
         parquet="results/tables/measures.parquet",
     log:
         "logs/analysis/tables.log",
-    params:
-        model_meta=GRID.model_meta(),
     conda:
         "../envs/analysis.yaml"
+    params:
+        model_meta=GRID.model_meta(),
     script:
         "../scripts/tables.py"
 
@@ -62,10 +62,10 @@ rule correlations:
         ),
     log:
         "logs/analysis/correlations.log",
-    params:
-        settings=config["analysis"],
     conda:
         "../envs/analysis.yaml"
+    params:
+        settings=config["analysis"],
     script:
         "../scripts/correlations.py"
 
@@ -104,9 +104,9 @@ rule summary:
         ),
     log:
         "logs/analysis/summary.log",
-    params:
-        grid=GRID.description(),
     conda:
         "../envs/analysis.yaml"
+    params:
+        grid=GRID.description(),
     script:
         "../scripts/summary.py"

@@ -36,7 +36,9 @@ def model_dir(wildcards):
     """Fraction 0 and the random baseline start from the pre-trained folder; others are trained."""
     if wildcards.fraction in ("0", "random"):
         return f"resources/models/{wildcards.model}"
-    return "results/finetune/{task}/{model}/f{fraction}/s{seed}/model".format(**wildcards)
+    return "results/finetune/{task}/{model}/f{fraction}/s{seed}/model".format(
+        **wildcards
+    )
 
 
 def finetune_settings(wildcards):

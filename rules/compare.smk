@@ -8,14 +8,14 @@ rule compare:
         "logs/compare/{task}/{model}/f{fraction}/s{seed}.log",
     benchmark:
         "benchmarks/compare/{task}/{model}/f{fraction}/s{seed}.tsv"
-    params:
-        point=point,
-        settings=config["compare"],
+    conda:
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=60,
-    conda:
-        "../envs/analysis.yaml"
+    params:
+        point=point,
+        settings=config["compare"],
     script:
         "../scripts/compare.py"

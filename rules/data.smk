@@ -6,11 +6,11 @@ rule prepare_data:
         labels="results/data/{task}/labels.json",
     log:
         "logs/prepare_data/{task}.log",
+    conda:
+        "../envs/analysis.yaml"
     params:
         data=lambda wc: config["tasks"][wc.task]["data"],
         seed=config["data_seed"],
-    conda:
-        "../envs/analysis.yaml"
     script:
         "../scripts/prepare_data.py"
 

@@ -8,13 +8,13 @@ rule extract:
         "logs/extract/{task}/{model}/f{fraction}/s{seed}/{split}.log",
     benchmark:
         "benchmarks/extract/{task}/{model}/f{fraction}/s{seed}/{split}.tsv"
-    params:
-        settings=extract_settings,
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=120,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        settings=extract_settings,
     script:
         "../scripts/extract.py"

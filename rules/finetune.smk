@@ -12,14 +12,14 @@ rule finetune:
         "logs/finetune/{task}/{model}/f{fraction}/s{seed}.log",
     benchmark:
         "benchmarks/finetune/{task}/{model}/f{fraction}/s{seed}.tsv"
-    params:
-        settings=finetune_settings,
-        checkpoints="results/checkpoints/{task}/{model}/f{fraction}/s{seed}",
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=240,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        settings=finetune_settings,
+        checkpoints="results/checkpoints/{task}/{model}/f{fraction}/s{seed}",
     script:
         "../scripts/finetune.py"

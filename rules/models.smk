@@ -4,10 +4,10 @@ rule prepare_model:
         facts="resources/models/{model}.json",
     log:
         "logs/prepare_model/{model}.log",
+    conda:
+        "../envs/torch.yaml"
     params:
         ref=lambda wc: config["models"][wc.model]["ref"],
         trust_remote_code=lambda wc: config["models"][wc.model]["trust_remote_code"],
-    conda:
-        "../envs/torch.yaml"
     script:
         "../scripts/prepare_model.py"

@@ -8,14 +8,14 @@ rule probe:
         "logs/probe/{task}/{model}/f{fraction}/s{seed}.log",
     benchmark:
         "benchmarks/probe/{task}/{model}/f{fraction}/s{seed}.tsv"
-    params:
-        point=point,
-        settings=probe_settings,
+    conda:
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=120,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        point=point,
+        settings=probe_settings,
     script:
         "../scripts/probe.py"

@@ -37,15 +37,19 @@ CORPUS = [
 
 def _bert_vocab() -> list[str]:
     chars = list(string.ascii_letters + string.digits + string.punctuation)
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars] + [
-        w for w in WORDS if w not in chars
-    ]
+    return (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + chars
+        + [f"##{c}" for c in chars]
+        + [w for w in WORDS if w not in chars]
+    )
 
 
 def _byte_bpe_tokenizer():
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS, vocab_size=400, min_frequency=1,
-                            special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(
+        CORPUS, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"]
+    )
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer,
         bos_token="<|endoftext|>",
@@ -69,8 +73,12 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     tokenizer = transformers.BertTokenizerFast(vocab=vocab, do_lower_case=False)
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     raw = _save_raw(transformers.BertModel(config), tokenizer, root / "raw")
     materialize_model(str(raw), root / "model")
@@ -84,8 +92,13 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
     tokenizer = _byte_bpe_tokenizer()
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     raw = _save_raw(transformers.GPT2LMHeadModel(config), tokenizer, root / "raw")
     materialize_model(str(raw), root / "model")
@@ -99,9 +112,15 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     tokenizer = _byte_bpe_tokenizer()
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     raw = _save_raw(transformers.LlamaForCausalLM(config), tokenizer, root / "raw")
     materialize_model(str(raw), root / "model")
@@ -133,12 +152,18 @@ def nli_items() -> list[dict]:
 @pytest.fixture
 def ner_items() -> list[dict]:
     sentences = [
-        (["IL-2", "gene", "expression", "in", "T", "cells"], ["B-DNA", "I-DNA", "O", "O",
-                                                             "B-cell_type", "I-cell_type"]),
-        (["The", "NF-kappa", "B", "protein", "binds"], ["O", "B-protein", "I-protein",
-                                                        "I-protein", "O"]),
-        (["Jurkat", "cell", "line", "mRNA"], ["B-cell_line", "I-cell_line", "I-cell_line",
-                                              "B-RNA"]),
+        (
+            ["IL-2", "gene", "expression", "in", "T", "cells"],
+            ["B-DNA", "I-DNA", "O", "O", "B-cell_type", "I-cell_type"],
+        ),
+        (
+            ["The", "NF-kappa", "B", "protein", "binds"],
+            ["O", "B-protein", "I-protein", "I-protein", "O"],
+        ),
+        (
+            ["Jurkat", "cell", "line", "mRNA"],
+            ["B-cell_line", "I-cell_line", "I-cell_line", "B-RNA"],
+        ),
     ]
     return [
         {"id": f"ner-{i}", "tokens": tokens, "tags": tags}

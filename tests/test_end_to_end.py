@@ -69,9 +69,7 @@ def test_summary_and_metrics(tiny_run):
     workdir, _ = tiny_run
     summary = (workdir / "results" / "summary.md").read_text()
     assert "bert" in summary and "llama" in summary
-    metrics = json.loads(
-        (workdir / "results/finetune/ner/bert/f100/s1/metrics.json").read_text()
-    )
+    metrics = json.loads((workdir / "results/finetune/ner/bert/f100/s1/metrics.json").read_text())
     assert metrics["primary"] == "f1" and 0 <= metrics["score"] <= 1
 
 

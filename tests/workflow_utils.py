@@ -17,8 +17,14 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200
     """Run the project's Snakefile with ``workdir`` as working directory."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir), *args,
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and result.returncode != 0:
@@ -61,10 +67,14 @@ def tiny_config(workdir: Path, models: dict[str, Path], **overrides) -> Path:
         },
         "fractions": [0, 50, 100],
         "seeds": [1],
-        "finetune": {"epochs": 1, "batch_size": 8, "learning_rate": 0.001,
-                     "checkpoint_every": 2, "max_length": 64},
-        "extract": {"batch_size": 8, "max_length": 64, "attention_items": 6,
-                    "dtype": "float32"},
+        "finetune": {
+            "epochs": 1,
+            "batch_size": 8,
+            "learning_rate": 0.001,
+            "checkpoint_every": 2,
+            "max_length": 64,
+        },
+        "extract": {"batch_size": 8, "max_length": 64, "attention_items": 6, "dtype": "float32"},
         "probe": {"probes": ["linear"], "mlp": {"hidden": 16, "max_iter": 50}},
         "analysis": {"n_boot": 50},
     }
