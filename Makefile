@@ -8,7 +8,7 @@ CORES ?= all
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint dag bench report clean
+.PHONY: install run test slurm-test lint dag clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+# The real-SLURM test (root; installs munge, slurm and mariadb from Debian's packages).
+slurm-test: install
+	FINESCOPE_SLURM_TEST=1 $(BIN)/python -m pytest tests/test_slurm.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -37,9 +41,6 @@ lint: install
 
 dag: install
 	$(BIN)/python -m finescope.dag --out results/dag
-
-bench: install
-	$(BIN)/python -m bench.run --out BENCHMARKS.md
 
 clean:
 	rm -rf results logs benchmarks .snakemake
