@@ -141,17 +141,16 @@ def materialize_model(ref: str, out_dir: str | Path, *, trust_remote_code: bool 
     """
     source = resolve_model_ref(ref)
     kwargs: dict = {"trust_remote_code": trust_remote_code}
+    model_kwargs: dict = {"dtype": torch.float32}
     load_from = source
     if source.endswith(".gguf"):
         # transformers reads GGUF from a folder + file name; dequantise to plain float weights.
         load_from = str(Path(source).parent)
-        kwargs |= {
-            "gguf_file": Path(source).name,
-            "quantization_config": transformers.GgufConfig(dequantize=True),
-        }
+        kwargs["gguf_file"] = Path(source).name
+        model_kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(load_from, **kwargs)
-        model = transformers.AutoModel.from_pretrained(load_from, dtype=torch.float32, **kwargs)
+        model = transformers.AutoModel.from_pretrained(load_from, **kwargs, **model_kwargs)
     except OSError as exc:
         raise _hub_error(ref, exc) from exc
     tokenizer = prepare_tokenizer(tokenizer)
