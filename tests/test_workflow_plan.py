@@ -44,8 +44,8 @@ def test_grid_settings_merge_model_overrides():
     assert grid.internal_points() == [("0", 0), ("random", 0), ("50", 1), ("100", 1)]
     smol = grid.finetune_settings("smollm2", seed=1)
     minilm = grid.finetune_settings("minilm", seed=1)
-    assert smol["learning_rate"] == 0.0001 and minilm["learning_rate"] == 0.00005
-    assert smol["seed"] == 1 and smol["epochs"] == minilm["epochs"] == 2
+    assert smol["learning_rate"] == 0.0001 and minilm["learning_rate"] == 0.0003
+    assert smol["seed"] == 1 and smol["epochs"] == 2 and minilm["epochs"] == 4
     assert grid.extract_settings("minilm", "train")["attention_items"] == 0
     assert grid.extract_settings("minilm", "test")["attention_items"] == 32
     assert "svm" not in grid.probe_settings("ner")["probes"]
