@@ -8,7 +8,7 @@ CORES ?= all
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test slurm-test lint dag clean
+.PHONY: install run test bench slurm-test lint dag clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Each stage against the bare model pass and the study's way, side by side; writes BENCHMARKS.md.
+bench: install
+	$(BIN)/python -m finescope.bench --out BENCHMARKS.md
 
 # The real-SLURM test (root; installs munge, slurm and mariadb from Debian's packages).
 slurm-test: install

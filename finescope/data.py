@@ -43,7 +43,7 @@ COMMON_KEYS = {"source", "labels", "scheme", "strict", "dev_fraction", "test_fra
 ALLOWED_KEYS = {
     "synthetic": {"source", "train", "dev", "test"},
     "files": COMMON_KEYS | {"format", "train", "dev", "test", "columns", "tag_names"},
-    "hf": COMMON_KEYS | {"name", "config", "splits", "columns", "tag_names"},
+    "hf": COMMON_KEYS | {"name", "config", "data_files", "splits", "columns", "tag_names"},
 }
 SYNTHETIC_DEFAULTS = {"train": 200, "dev": 40, "test": 80}
 DEFAULT_DEV_FRACTION = 0.1
@@ -553,7 +553,8 @@ def _load_hf(cfg: _Cfg):
         ):
             ds = datasets.load_from_disk(str(path))
         else:
-            ds = datasets.load_dataset(str(name), config)
+            # data_files: datasets' own json / csv / parquet loaders over local files.
+            ds = datasets.load_dataset(str(name), config, data_files=cfg.raw.get("data_files"))
     except Exception as err:  # the datasets library raises many unrelated types
         raise cfg.error(
             "name",

@@ -307,8 +307,9 @@ def run_extract(
     out_dir
         The cache folder; written under a temporary name and renamed when complete.
     settings
-        ``batch_size`` (16), ``max_length`` (128), ``dtype`` ("float16" | "float32"),
-        ``attention_items`` (0: attention maps of the first k items), ``trust_remote_code``
+        ``batch_size`` (16), ``max_length`` (128), ``dtype`` ("float16" | "float32": storage
+        of vectors and attention maps), ``attention_items`` (0: attention maps of the first k
+        items), ``trust_remote_code``
         (False), ``random_init`` (False: same architecture, weights re-initialised under
         ``seed``), ``seed`` (0), ``padding_side`` ("right" | "left"), ``device`` ("auto"),
         ``bf16_autocast`` (False; CUDA only).
@@ -336,9 +337,11 @@ def run_extract(
     views = VIEWS[task]
     n_rows = len(items) if task == "nli" else len(labels)
 
+    load_started = time.perf_counter()
     model = _load_model(model_dir, task, settings, need_attention=n_attention > 0)
     device = _device(str(settings["device"]))
     model.to(device).eval()
+    load_seconds = time.perf_counter() - load_started
     text_config = _text_config(model.config)
     n_layers = int(text_config.num_hidden_layers) + 1
     width = int(text_config.hidden_size)
@@ -368,7 +371,7 @@ def run_extract(
         att_store = None
         if att_seqs:
             att_store = np.lib.format.open_memmap(
-                tmp / "attention.npy", mode="w+", dtype=np.float16, shape=(offsets[-1],)
+                tmp / "attention.npy", mode="w+", dtype=dtype, shape=(offsets[-1],)
             )
         for batch_index in batches:
             batch = [sequences[i] for i in batch_index]
@@ -388,7 +391,6 @@ def run_extract(
                     f"{n_layers} (embeddings + {n_blocks} blocks); this architecture is not "
                     "supported"
                 )
-            hidden = torch.stack(hidden).float()  # (n_layers, B, T, width)
             forward_seconds += time.perf_counter() - tick
             n_tokens += sum(len(s.input_ids) for s in batch)
 
@@ -403,11 +405,14 @@ def run_extract(
                     group_size.append(len(positions))
                     group_view.append(view)
                     group_row.append(row)
-            flat = hidden.reshape(n_layers, -1, width)
-            index = torch.tensor(token_group, device=flat.device)
-            pooled = torch.zeros((n_layers, len(group_size), width), device=flat.device)
-            pooled.index_add_(1, index, flat[:, torch.tensor(token_flat, device=flat.device)])
-            pooled /= torch.tensor(group_size, device=flat.device, dtype=pooled.dtype)[:, None]
+            # Layer by layer, so only the pooled tokens are ever copied out of the model output.
+            tokens = torch.tensor(token_flat, device=device)
+            groups = torch.tensor(token_group, device=device)
+            pooled = torch.zeros((n_layers, len(group_size), width), device=device)
+            for layer, states in enumerate(hidden):
+                picked = states.reshape(-1, width).index_select(0, tokens)
+                pooled[layer].index_add_(0, groups, picked.float())
+            pooled /= torch.tensor(group_size, device=device, dtype=pooled.dtype)[:, None]
             pooled = pooled.cpu().numpy()
             group_view = np.asarray(group_view)
             group_row = np.asarray(group_row)
@@ -435,7 +440,7 @@ def run_extract(
                     o = offsets[seq.attention_k]
                     att_store[o : o + maps.numel()] = maps.float().cpu().numpy().ravel()
                 _release(att_store)
-            del out, hidden, flat, pooled
+            del out, hidden, pooled
 
         for array in [*arrays, att_store]:
             if array is not None:
@@ -474,6 +479,7 @@ def run_extract(
             "n_clipped_float16": n_clipped,
             "n_tokens": n_tokens,
             "seconds": round(seconds, 3),
+            "load_seconds": round(load_seconds, 3),
             "forward_seconds": round(forward_seconds, 3),
             "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
             "settings": {key: settings[key] for key in DEFAULTS},
@@ -529,9 +535,11 @@ class Cache:
         if att:
             total = sum(att["n_blocks"] * att["n_heads"] * t * t for t in att["lengths"])
             array = self._open("attention.npy")
-            if array.shape != (total,) or array.dtype != np.float16:
+            if array.shape != (total,) or array.dtype != dtype:
                 raise _corrupt(
-                    self.path, f"attention.npy is {array.shape}, meta.json says ({total},)"
+                    self.path,
+                    f"attention.npy is {array.shape} {array.dtype}, meta.json says ({total},) "
+                    f"{dtype}",
                 )
 
     def _open(self, name: str) -> np.memmap:

@@ -1,16 +1,46 @@
 """Small file helpers: every output is written to a temporary name and renamed when complete,
-so no reader (and no re-run of the workflow) ever sees a half-written file."""
+so no reader (and no re-run of the workflow) ever sees a half-written file.
+
+Test hook: with the environment variable ``FINESCOPE_KILL_BEFORE_RENAME=<suffix>`` a process
+kills itself with SIGKILL when an output whose path ends with ``<suffix>`` is complete under its
+temporary name, just before the rename (simulates a job killed at the worst moment; used by the
+workflow's interruption tests).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+KILL_BEFORE_RENAME_ENV = "FINESCOPE_KILL_BEFORE_RENAME"
+
+
+def _temp_name_pattern(name: str) -> re.Pattern:
+    # tempfile.mkdtemp names: prefix, 8 characters of [a-z0-9_], suffix.
+    return re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def _clear_stale_temps(path: Path) -> None:
+    """Remove temporaries of ``path`` left by an earlier writer that was killed (SIGKILL runs no
+    clean-up); one writer per output at a time, so none of them is still in use."""
+    pattern = _temp_name_pattern(path.name)
+    for entry in path.parent.iterdir():
+        if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _before_rename(path: Path) -> None:
+    suffix = os.environ.get(KILL_BEFORE_RENAME_ENV)
+    if suffix and str(path).endswith(suffix):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -23,13 +53,18 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
         Final destination (file or folder).
     is_dir
         Create the temporary path as an empty folder instead of leaving it absent.
+
+    Temporaries of ``path`` left by a killed earlier attempt are removed first: a killed
+    extraction can leave gigabytes of hidden states under a hidden name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp if is_dir else tmp / path.name
     try:
         yield target
+        _before_rename(path)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(target, path)

@@ -56,7 +56,6 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from finescope.errors import FinescopeError
-from finescope.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +242,9 @@ class SelectedLinearProbe(_ScaledProbe):
         best = int(np.argmin(means))
         # One-standard-error rule: small held-out sets are noisy, and a too-weak C costs far
         # more bits (over-confidence) than a too-strong one.
-        se = losses[best].std(ddof=1) / math.sqrt(len(losses[best])) if len(val) > 1 else np.inf
+        # Held-out items of a class absent from the rest are not scored, so count those scored.
+        n_best = len(losses[best])
+        se = losses[best].std(ddof=1) / math.sqrt(n_best) if n_best > 1 else np.inf
         return grid[int(np.flatnonzero(means <= means[best] + se)[0])]
 
     def _classifier(self, y: np.ndarray) -> LogisticRegression:
@@ -866,44 +867,15 @@ def layerwise_logreg_baseline(
 # --------------------------------------------------------------------------------------------
 
 
-class _NpyCache:
-    """Minimal reader of the cache layout, used only while ``finescope.extract`` is absent."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.meta = read_json(self.path / "meta.json")
-        self.n_layers = int(self.meta["n_layers"])
-        self.ids = list(self.meta["ids"])
-        self.labels = list(self.meta["labels"])
-        self.views = list(self.meta["views"])
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def layer(self, view: str, layer: int) -> np.ndarray:
-        if view not in self._arrays:
-            self._arrays[view] = np.load(self.path / f"{view}.npy", mmap_mode="r")
-        return np.asarray(self._arrays[view][layer], dtype=np.float32)
-
-
 def open_cache(path: str | Path) -> Any:
-    """Open a hidden-state cache with ``finescope.extract.Cache`` (or the minimal reader above
-    when that module does not exist).
+    """Open a hidden-state cache (a folder written by :func:`finescope.extract.run_extract`)."""
+    from finescope.extract import Cache
 
-    Parameters
-    ----------
-    path
-        Cache folder holding ``meta.json`` and the view arrays.
-    """
     path = Path(path)
     if not (path / "meta.json").is_file():
         raise FinescopeError(
             f"{path}: not a hidden-state cache (no meta.json); run the extract stage first"
         )
-    try:
-        from finescope.extract import Cache
-    except ModuleNotFoundError as err:
-        if err.name != "finescope.extract":
-            raise
-        return _NpyCache(path)
     return Cache(path)
 
 

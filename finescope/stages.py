@@ -127,9 +127,13 @@ def extract(task: str, model_dir: str, data_path: str, out_dir: str, settings: d
     log.info("extracted %d items: %s", len(items), info)
 
 
-def probe(train_cache: str, test_cache: str, point: dict, settings: dict, out_csv: str) -> None:
+def probe(
+    train_cache: str, test_cache: str, point: dict, settings: dict, out_csv: str, n_jobs: int = 1
+) -> None:
     from finescope.probe import run_probes
 
+    # Layers in parallel, one per thread of the job; the scores do not depend on it.
+    settings = {**settings, "n_jobs": n_jobs}
     table = run_probes(point["task"], Path(train_cache), Path(test_cache), point, settings)
     write_csv(table, out_csv)
 

@@ -6,8 +6,12 @@ Kept free of Snakemake so the same grid can be inspected from a notebook or a te
 from __future__ import annotations
 
 import copy
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from finescope.errors import FinescopeError
 from finescope.refs import GGUF_PREFIX, PYPI_PREFIX
@@ -18,6 +22,100 @@ TASK_ONLY_PROBES = {"svm": "nli", "bilstm_crf": "ner"}
 PRETRAINED = "0"
 RANDOM = "random"
 TABLES = ["data", "downstream", "probing", "change", "attention", "correlations", "measures"]
+
+
+def _dotted(parts: Sequence) -> str:
+    """A config key path as written in messages: ``fractions[1]``, ``models.bert.ref``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def check_unique_keys(paths: Iterable[str | Path]) -> None:
+    """Refuse a config file that repeats a key inside one mapping.
+
+    YAML loaders keep the last of two equal keys without a word, so two models given the same
+    name would silently become one. Each file is composed again (nodes keep their line numbers)
+    and every mapping is checked; files that are not YAML are left to Snakemake to report.
+    """
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            continue
+        try:
+            root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue
+        _check_node(root, [], path)
+
+
+def _check_node(node, where: list, path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in first_line and key != "<<":
+                place = f"under {_dotted(where)}" if where else "at the top level"
+                raise FinescopeError(
+                    f"config file {path} line {line}: duplicate key {key!r} {place} (first at "
+                    f"line {first_line[key]}); YAML would keep only the last one. Give each "
+                    "entry its own name."
+                )
+            first_line[key] = line
+            _check_node(value_node, [*where, key], path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_node(item, [*where, i], path)
+
+
+def schema_error(exc: BaseException, files: Sequence[str | Path] = ()) -> FinescopeError | None:
+    """The JSON-schema error behind a failed config validation, as one message naming the config
+    key; None when ``exc`` was not caused by one.
+
+    Parameters
+    ----------
+    exc
+        The exception raised by ``snakemake.utils.validate`` (its cause or context is the
+        ``jsonschema.ValidationError``), or that error itself.
+    files
+        The config files read, named in the message.
+    """
+    error = exc
+    while error is not None and not hasattr(error, "absolute_path"):
+        error = error.__cause__ or error.__context__
+    if error is None:
+        return None
+    parts = list(error.absolute_path)
+    key = _dotted(parts)
+    instance = error.instance
+    if error.validator == "additionalProperties" and isinstance(instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted((k for k in instance if k not in allowed), key=str)
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            place = f"under {key}" if key else "at the top level"
+            key = _dotted([*parts, unknown[0]])
+            message = f"unknown key {place}; {hint}allowed keys are {', '.join(allowed)}"
+        else:
+            message = error.message
+    elif error.validator in ("minProperties", "minItems") and not instance:
+        n = error.validator_value
+        message = f"is empty; give at least {'one entry' if n == 1 else f'{n} entries'}"
+    else:
+        message = error.message
+        if error.validator == "type" and isinstance(instance, str):
+            try:
+                float(instance)
+            except ValueError:
+                pass
+            else:
+                message += " (YAML reads a number such as 5e-5 as text; write 5.0e-5 or 0.00005)"
+    where = f" in {', '.join(str(f) for f in files)}" if files else ""
+    return FinescopeError(f"config key {key or '(top level)'}{where}: {message}")
 
 
 def check_config(config: dict) -> None:
@@ -107,9 +205,12 @@ class Grid:
             # Attention maps are only compared on the test split.
             "attention_items": extract["attention_items"] if split == "test" else 0,
             "random_init": random_init,
-            "seed": self.config["probe"]["seed"],
             "trust_remote_code": self.config["models"][model]["trust_remote_code"],
         }
+        if random_init:
+            # The seed only draws the random baseline's weights: were it a setting of every
+            # extraction, a new probe.seed would re-extract the whole grid.
+            settings["seed"] = self.config["probe"]["seed"]
         settings.update(self.config["models"][model].get("extract", {}))
         return settings
 

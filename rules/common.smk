@@ -1,9 +1,24 @@
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from finescope.figures import FIGURES
-from finescope.workflow import TABLES, Grid, check_config
+from finescope.workflow import (
+    TABLES,
+    Grid,
+    check_config,
+    check_unique_keys,
+    schema_error,
+)
 
-validate(config, schema="../schemas/config.schema.yaml")
+# Before validation: the loaded config has already lost a repeated key.
+check_unique_keys(workflow.configfiles)
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as exc:
+    error = schema_error(exc, workflow.configfiles)
+    if error is None:
+        raise
+    raise error from None
 check_config(config)
 
 GRID = Grid.from_config(config)

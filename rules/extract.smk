@@ -10,7 +10,7 @@ rule extract:
         "benchmarks/extract/{task}/{model}/f{fraction}/s{seed}/{split}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=120,

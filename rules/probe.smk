@@ -10,7 +10,7 @@ rule probe:
         "benchmarks/probe/{task}/{model}/f{fraction}/s{seed}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=120,

@@ -7,4 +7,5 @@ with stages.logged(snakemake.log[0], threads=snakemake.threads):
         snakemake.params.point,
         snakemake.params.settings,
         snakemake.output[0],
+        n_jobs=snakemake.threads,
     )

@@ -476,6 +476,35 @@ def test_hf_nli_class_label(hf_folders, tmp_path):
     }
 
 
+@pytest.mark.filterwarnings("ignore:tasks.nli.data. the dev split has no")
+def test_hf_json_and_csv_loaders_over_local_files(tmp_path):
+    labels = ["entailment", "neutral", "contradiction"]
+    rows = [{"s1": f"p {i}", "s2": f"h {i}", "y": labels[i % 3]} for i in range(18)]
+    for split, part in (("train", rows[:12]), ("test", rows[12:])):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+        (tmp_path / f"{split}.csv").write_text(
+            "s1,s2,y\n" + "".join(f"{r['s1']},{r['s2']},{r['y']}\n" for r in part)
+        )
+    columns = {"premise": "s1", "hypothesis": "s2", "label": "y"}
+    for loader, ext in (("json", "jsonl"), ("csv", "csv")):
+        files = {split: str(tmp_path / f"{split}.{ext}") for split in ("train", "test")}
+        cfg = {"source": "hf", "name": loader, "data_files": files, "columns": columns}
+        stats = prepare_task("nli", cfg, tmp_path / loader, 0)
+        assert stats["test"]["labels"] == {"contradiction": 2, "entailment": 2, "neutral": 2}
+        assert stats["train"]["items"] + stats["dev"]["items"] == 12
+        first = read_jsonl(tmp_path / loader / "test.jsonl")[0]
+        assert (first["premise"], first["hypothesis"], first["label"]) == (
+            "p 12",
+            "h 12",
+            labels[0],
+        )
+    missing = {"train": str(tmp_path / "absent.jsonl")}
+    with pytest.raises(FinescopeError, match=r"tasks\.nli\.data\.name: could not load"):
+        prepare_task(
+            "nli", {"source": "hf", "name": "json", "data_files": missing}, tmp_path / "x", 0
+        )
+
+
 def test_hf_errors(hf_folders, tmp_path):
     root, _ = hf_folders
     with pytest.raises(FinescopeError, match=r"tasks\.ner\.data\.tag_names"):

@@ -435,11 +435,14 @@ def test_layerwise_baseline_finds_the_planted_layer():
     assert acc[2] > 0.95 and acc[0] < 0.5
 
 
-def test_minimal_reader_when_extract_module_is_absent(tmp_path, monkeypatch):
-    import sys
-
-    train, _ = nli_cache(tmp_path / "train", 120, 2, 1, seed=3)
-    test, _ = nli_cache(tmp_path / "test", 60, 2, 1, seed=4)
-    with_extract = run_probes("nli", train, test, POINT, FAST)
-    monkeypatch.setitem(sys.modules, "finescope.extract", None)
-    pd.testing.assert_frame_equal(run_probes("nli", train, test, POINT, FAST), with_extract)
+def test_selected_probe_scores_only_held_out_items_of_known_classes():
+    n = 20
+    val = np.random.default_rng(0).permutation(n)[:2]  # the probe's held-out share
+    y = np.array(["a", "b"] * 10, dtype=object)
+    # One held-out item has a class the rest lacks: one item is left to score, too few for a
+    # standard error, so the strongest regularisation is kept.
+    y[val[0]] = "rare"
+    X = np.random.default_rng(1).normal(size=(n, 4))
+    probe = SelectedLinearProbe().fit(X, y)
+    assert probe.C_ == min(probe.grid)
+    assert probe.predict_log_proba(X).shape == (n, 3)

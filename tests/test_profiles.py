@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from tests.workflow_utils import ROOT, snakemake
+from tests.workflow_utils import ROOT, dry_run_jobs
 
 PAPER = ROOT / "config" / "paper.yaml"
 LOCAL = ROOT / "profiles" / "local"
@@ -31,31 +31,6 @@ NOT_SUBMITTED = {"prepare_model", "all"}
 
 def _profile(path) -> dict:
     return yaml.safe_load((path / "config.yaml").read_text())
-
-
-def _value(text: str):
-    try:
-        return int(text)
-    except ValueError:
-        return text
-
-
-def dry_run_jobs(workdir, *args: str) -> list[dict]:
-    """Every job of `snakemake -n`: its rule, threads and resolved resources."""
-    result = snakemake(workdir, "-n", *args)
-    jobs: list[dict] = []
-    for line in (result.stdout + result.stderr).splitlines():
-        start = re.match(r"^(local)?rule (\w+):$", line)
-        if start:
-            jobs.append({"rule": start.group(2), "threads": 1, "resources": {}})
-        elif jobs and line.startswith("    threads: "):
-            jobs[-1]["threads"] = int(line.split(":", 1)[1])
-        elif jobs and line.startswith("    resources: "):
-            pairs = line.split(":", 1)[1].split(", ")
-            jobs[-1]["resources"] = {
-                key.strip(): _value(value) for key, value in (p.split("=", 1) for p in pairs)
-            }
-    return jobs
 
 
 def expected_paper_counts() -> dict[str, int]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from snakemake.utils import validate
 
-from finescope.workflow import Grid
+from finescope.errors import FinescopeError
+from finescope.workflow import Grid, check_unique_keys, schema_error
 from tests.workflow_utils import ROOT, planned_jobs
 
 
@@ -48,5 +50,48 @@ def test_grid_settings_merge_model_overrides():
     assert smol["seed"] == 1 and smol["epochs"] == 2 and minilm["epochs"] == 4
     assert grid.extract_settings("minilm", "train")["attention_items"] == 0
     assert grid.extract_settings("minilm", "test")["attention_items"] == 32
+    # Only the random baseline's weights depend on the seed: no other extraction re-runs for it.
+    assert "seed" not in grid.extract_settings("minilm", "test")
+    assert grid.extract_settings("minilm", "test", random_init=True)["seed"] == 0
     assert "svm" not in grid.probe_settings("ner")["probes"]
     assert "bilstm_crf" not in grid.probe_settings("nli")["probes"]
+
+
+def test_repeated_keys_are_refused_with_their_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("models:\n  a: {ref: x}\n  b: {ref: y}\n  a: {ref: z}\n")
+    with pytest.raises(FinescopeError, match=r"line 4: duplicate key 'a' under models \(first"):
+        check_unique_keys([path])
+    path.write_text("tasks:\n  ner:\n    data: {source: synthetic, source: files}\n")
+    with pytest.raises(
+        FinescopeError, match=r"line 3: duplicate key 'source' under tasks.ner.data"
+    ):
+        check_unique_keys([path])
+    path.write_text("fractions: [0]\nfractions: [10]\n")
+    with pytest.raises(FinescopeError, match="line 2: duplicate key 'fractions' at the top level"):
+        check_unique_keys([path])
+    check_unique_keys([ROOT / "config.yaml", ROOT / "config/paper.yaml", tmp_path / "absent"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"models": {"a": {"ref": "x", "famly": "decoder"}}},
+            "config key models.a.famly in c.yaml: unknown key under models.a; did you mean "
+            "'family'?",
+        ),
+        (
+            {"finetune": {"learning_rate": "5e-5"}},
+            "config key finetune.learning_rate in c.yaml: '5e-5' is not of type 'number' "
+            "(YAML reads",
+        ),
+        ({"seeds": []}, "config key seeds in c.yaml: is empty; give at least one entry"),
+    ],
+)
+def test_schema_errors_name_the_config_key(change, message):
+    config = _config("config.yaml") | change
+    with pytest.raises(Exception) as caught:
+        validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
+    assert str(schema_error(caught.value, ["c.yaml"])).startswith(message)
+    assert schema_error(ValueError("unrelated")) is None

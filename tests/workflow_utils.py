@@ -13,9 +13,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200):
-    """Run the project's Snakefile with ``workdir`` as working directory."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def snakemake(
+    workdir: Path,
+    *args: str,
+    check: bool = True,
+    timeout: int = 1200,
+    env: dict[str, str] | None = None,
+):
+    """Run the project's Snakefile with ``workdir`` as working directory; ``env`` adds to the
+    environment that Snakemake and its jobs see."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     cmd = [
         sys.executable,
         "-m",
@@ -52,6 +59,47 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
         if match.group(1) != "total":
             counts[match.group(1)] = int(match.group(2))
     return counts
+
+
+def _value(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def dry_run_jobs(workdir: Path, *args: str) -> list[dict]:
+    """Every job of ``snakemake -n``: its rule, wildcards, reason, threads and resources, read
+    from the dry run's job printout."""
+    result = snakemake(workdir, "-n", *args)
+    jobs: list[dict] = []
+    for line in (result.stdout + result.stderr).splitlines():
+        start = re.match(r"^(local)?rule (\w+):$", line)
+        if start:
+            jobs.append(
+                {
+                    "rule": start.group(2),
+                    "threads": 1,
+                    "resources": {},
+                    "wildcards": {},
+                    "reason": "",
+                }
+            )
+        elif not jobs:
+            continue
+        elif line.startswith("    threads: "):
+            jobs[-1]["threads"] = int(line.split(":", 1)[1])
+        elif line.startswith("    resources: "):
+            pairs = line.split(":", 1)[1].split(", ")
+            jobs[-1]["resources"] = {
+                key.strip(): _value(value) for key, value in (p.split("=", 1) for p in pairs)
+            }
+        elif line.startswith("    wildcards: "):
+            pairs = line.split(":", 1)[1].split(", ")
+            jobs[-1]["wildcards"] = dict(p.strip().split("=", 1) for p in pairs)
+        elif line.startswith("    reason: "):
+            jobs[-1]["reason"] = line.split(":", 1)[1].strip()
+    return jobs
 
 
 def tiny_config(workdir: Path, models: dict[str, Path], **overrides) -> Path:

@@ -1,0 +1,66 @@
+"""The benchmark code on tiny models: the numbers it compares are equal where they must be, its
+counts are right, and the report renders. (Speed itself is measured by `make bench` only.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from finescope import bench
+from finescope.synthetic import generate_splits
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generate_splits("ner", {"train": 24, "dev": 0, "test": 12}, seed=3)
+
+
+def test_extraction_runs_each_item_through_the_model_once(tiny_bert_dir, corpus, tmp_path):
+    result = bench.bench_extraction("bert", tiny_bert_dir, corpus["test"], bench.QUICK, tmp_path)
+    assert result["forward_rows_per_item"] == 1.0
+    assert result["layers"] == 3 and result["items"] == 12
+    assert result["tokens"] > result["items"]
+    for key in ("ours_tokens_per_s", "bare_tokens_per_s", "study_tokens_per_s"):
+        assert result[key] > 0
+    assert result["probe_job_probes"] == bench.QUICK.probe_job_probes
+
+
+@pytest.mark.parametrize("model", ["bert", "llama"])
+def test_attention_change_equals_the_studys_loop(model, request, corpus, tmp_path):
+    model_dir = request.getfixturevalue(f"tiny_{model}_dir")
+    result = bench.bench_attention(model, model_dir, corpus["test"][:4], tmp_path)
+    # Batched and padded (ours) against one sentence at a time (the study): same cosines.
+    assert result["max_cosine_difference"] < 1e-5
+    assert result["max_measure_difference"] < 1e-5
+    # The noisy copies really differ from the model, so equality above is not trivial.
+    assert 0.5 < result["mean_cosine"] < 0.9999
+
+
+def test_probing_and_finetune_report_scores_and_rates(tiny_bert_dir, corpus, tmp_path):
+    probing = bench.bench_probing("bert", tiny_bert_dir, corpus["train"], corpus["test"], tmp_path)
+    assert probing["layers"] == 3
+    assert 0 <= probing["ours_best_macro_f1"] <= 1
+    assert 0 <= probing["baseline_best_macro_f1"] <= 1
+    tuned = bench.bench_finetune("bert", tiny_bert_dir, corpus["train"], bench.QUICK)
+    assert tuned["items"] == 24 and tuned["study_items"] == bench.QUICK.study_finetune_items
+    # Every study example is padded to the longest sentence of the subset.
+    longest = max(len(item["tokens"]) for item in corpus["train"][: tuned["study_items"]])
+    assert tuned["study_padded_length"] >= longest + 2
+    assert tuned["ours_examples_per_s"] > 0 and tuned["bare_examples_per_s"] > 0
+
+
+def test_stage_totals_sum_rule_benchmark_files(tmp_path):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for stage, name, seconds, rss in [
+        ("finetune", "a.tsv", 10.5, 900),
+        ("finetune", "b.tsv", 4.5, 1200),
+        ("probe", "c.tsv", 2.0, 300),
+    ]:
+        path = tmp_path / stage / "x" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:10\t{rss}\t1\t1\t1\t1\t1\t1\t1\n")
+    totals = bench.stage_totals(tmp_path)
+    assert totals.loc["finetune"].to_dict() == {"jobs": 2, "seconds": 15.0, "peak_rss_mb": 1200.0}
+    assert totals.loc["probe", "seconds"] == 2.0
+    assert bench.stage_totals(tmp_path / "none") is None
