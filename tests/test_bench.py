@@ -64,3 +64,15 @@ def test_stage_totals_sum_rule_benchmark_files(tmp_path):
     assert totals.loc["finetune"].to_dict() == {"jobs": 2, "seconds": 15.0, "peak_rss_mb": 1200.0}
     assert totals.loc["probe", "seconds"] == 2.0
     assert bench.stage_totals(tmp_path / "none") is None
+
+
+def test_last_run_wall_time_comes_from_the_newest_complete_log(tmp_path):
+    def log(name: str, first: str, last: str, done: bool) -> None:
+        tail = "78 of 78 steps (100%) done\n" if done else "3 of 78 steps (4%) done\n"
+        text = f"Building DAG\n[{first}]\nlocalrule a:\n[{last}]\n{tail}"
+        (tmp_path / f"{name}.snakemake.log").write_text(text)
+
+    log("2026-11-26T0300", "Thu Nov 26 03:00:00 2026", "Thu Nov 26 03:17:13 2026", True)
+    log("2026-11-26T0400", "Thu Nov 26 04:00:00 2026", "Thu Nov 26 04:00:09 2026", False)
+    assert bench.last_run_wall_seconds(tmp_path) == 17 * 60 + 13
+    assert bench.last_run_wall_seconds(tmp_path / "none") is None
