@@ -325,10 +325,14 @@ def _our_attention_cosine(model_dir: Path, ft_dirs: list[Path], items, work: Pat
     return out
 
 
-def bench_attention(name: str, model_dir: Path, items: list[dict], work: Path) -> dict:
+def bench_attention(
+    name: str, model_dir: Path, items: list[dict], work: Path, scales=(0.02, 0.05)
+) -> dict:
+    """The study's attention loop against ours, on copies of the model with noise of these
+    ``scales`` (in units of each weight tensor's standard deviation)."""
     ft_dirs = [
         perturbed_copy(model_dir, work / f"{name}-ft{i}", scale, seed=i)
-        for i, scale in enumerate((0.02, 0.05))
+        for i, scale in enumerate(scales)
     ]
     start = time.perf_counter()
     study = _study_attention_cosine(model_dir, ft_dirs, items)

@@ -29,12 +29,15 @@ def test_extraction_runs_each_item_through_the_model_once(tiny_bert_dir, corpus,
 @pytest.mark.parametrize("model", ["bert", "llama"])
 def test_attention_change_equals_the_studys_loop(model, request, corpus, tmp_path):
     model_dir = request.getfixturevalue(f"tiny_{model}_dir")
-    result = bench.bench_attention(model, model_dir, corpus["test"][:4], tmp_path)
+    # Tiny random models attend almost uniformly: only strong noise changes their maps.
+    result = bench.bench_attention(
+        model, model_dir, corpus["test"][:4], tmp_path, scales=(20.0, 50.0)
+    )
     # Batched and padded (ours) against one sentence at a time (the study): same cosines.
     assert result["max_cosine_difference"] < 1e-5
     assert result["max_measure_difference"] < 1e-5
-    # The noisy copies really differ from the model, so equality above is not trivial.
-    assert 0.5 < result["mean_cosine"] < 0.9999
+    # The noisy copies' maps really differ from the model's, so equality above is not trivial.
+    assert result["mean_cosine"] < 0.9
 
 
 def test_probing_and_finetune_report_scores_and_rates(tiny_bert_dir, corpus, tmp_path):
