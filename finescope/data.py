@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import difflib
 import io
 import json
 import math
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finescope import synthetic
-from finescope.errors import FinescopeError
+from finescope.errors import FinescopeError, unknown_key_hint
 from finescope.io import read_json, read_jsonl, write_json, write_jsonl
 from finescope.subsample import item_labels, read_subset, stratified_order
 
@@ -113,12 +112,10 @@ class _Cfg:
         self.source = source
         unknown = sorted(set(self.raw) - ALLOWED_KEYS[source], key=str)
         if unknown:
-            close = difflib.get_close_matches(str(unknown[0]), ALLOWED_KEYS[source], n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
             raise self.error(
                 str(unknown[0]),
-                f"unknown key for source '{source}'; {hint}allowed keys are "
-                f"{', '.join(sorted(ALLOWED_KEYS[source]))}",
+                f"unknown key for source '{source}'; "
+                + unknown_key_hint(unknown[0], ALLOWED_KEYS[source]),
             )
 
     def key(self, name: str) -> str:

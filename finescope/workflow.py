@@ -6,14 +6,13 @@ Kept free of Snakemake so the same grid can be inspected from a notebook or a te
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from finescope.errors import FinescopeError
+from finescope.errors import FinescopeError, unknown_key_hint
 from finescope.refs import GGUF_PREFIX, PYPI_PREFIX
 
 # Probes that only make sense for one task: the study's SVM reads sentence pairs,
@@ -95,11 +94,9 @@ def schema_error(exc: BaseException, files: Sequence[str | Path] = ()) -> Finesc
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted((k for k in instance if k not in allowed), key=str)
         if unknown:
-            close = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
             place = f"under {key}" if key else "at the top level"
             key = _dotted([*parts, unknown[0]])
-            message = f"unknown key {place}; {hint}allowed keys are {', '.join(allowed)}"
+            message = f"unknown key {place}; " + unknown_key_hint(unknown[0], allowed)
         else:
             message = error.message
     elif error.validator in ("minProperties", "minItems") and not instance:
