@@ -26,12 +26,16 @@ from typing import TYPE_CHECKING, Any
 from finescope import synthetic
 from finescope.errors import FinescopeError, unknown_key_hint
 from finescope.io import read_json, read_jsonl, write_json, write_jsonl
+from finescope.probe_pool import overlap
+from finescope.probe_pool import reserve as reserve_probe_pool
 from finescope.subsample import item_labels, read_subset, stratified_order
 
 if TYPE_CHECKING:
     import pandas as pd
 
 SPLITS = ("train", "dev", "test")
+# The reserved probe items (see finescope.probe_pool), written as probe.jsonl.
+PROBE_SPLIT = "probe"
 TASKS = ("nli", "ner")
 SOURCES = ("synthetic", "files", "hf")
 NLI_FORMATS = ("jsonl", "csv", "tsv")
@@ -810,7 +814,9 @@ def _stats(task: str, items: list[dict], labels: list[str]) -> dict:
     }
 
 
-def prepare_task(task: str, data_cfg: dict, out_dir: Path, seed: int) -> dict:
+def prepare_task(
+    task: str, data_cfg: dict, out_dir: Path, seed: int, probe_pool: Mapping | None = None
+) -> dict:
     """Read, validate and normalise one task's data; write the canonical split files.
 
     Parameters
@@ -823,13 +829,17 @@ def prepare_task(task: str, data_cfg: dict, out_dir: Path, seed: int) -> dict:
         Folder that receives ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` and
         ``labels.json``. Nothing is written unless every check passes.
     seed
-        Seed for synthetic data and for deriving missing splits.
+        Seed for synthetic data, for deriving missing splits and for the probe pool.
+    probe_pool
+        Settings of :func:`finescope.probe_pool.reserve` (``source``, ``size``, ``dev_share``):
+        the pool is set aside before any fine-tuning subset is drawn and written to
+        ``probe.jsonl`` (train.jsonl then lacks it). None: no pool, no ``probe.jsonl``.
 
     Returns
     -------
     dict
         ``{split: {"items": n, "labels": {label: count}}}``; NER counts entities per type and
-        adds ``"tokens"``.
+        adds ``"tokens"``; with a pool, also ``"probe"``.
     """
     cfg = _Cfg(task, data_cfg)
     provenance: dict[str, dict] = {}
@@ -854,6 +864,12 @@ def prepare_task(task: str, data_cfg: dict, out_dir: Path, seed: int) -> dict:
             items[split] = _items(split, data)
             provenance[split] = data.provenance
         _derive(items, provenance, cfg, seed)
+
+    pool = None
+    if probe_pool is not None:
+        pool, items["train"], provenance["probe_pool"] = reserve_probe_pool(
+            items, task, probe_pool, seed
+        )
 
     if task == "nli":
         declared = cfg.labels() if cfg.source != "synthetic" else None
@@ -897,8 +913,12 @@ def prepare_task(task: str, data_cfg: dict, out_dir: Path, seed: int) -> dict:
     out_dir = Path(out_dir)
     for split in SPLITS:
         write_jsonl(out_dir / f"{split}.jsonl", items[split])
+    stats = {split: _stats(task, items[split], stat_labels) for split in SPLITS}
+    if pool is not None:
+        write_jsonl(out_dir / f"{PROBE_SPLIT}.jsonl", pool)
+        stats[PROBE_SPLIT] = _stats(task, pool, stat_labels)
     write_json(out_dir / "labels.json", meta)
-    return {split: _stats(task, items[split], stat_labels) for split in SPLITS}
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -921,10 +941,13 @@ def data_report(task: str, data_dir: Path, subset_files: Iterable[Path] = ()) ->
     Returns
     -------
     pandas.DataFrame
-        Columns task, split, fraction, seed, label, count. ``split`` is "train", "dev",
-        "test" or "train f{fraction} s{seed}"; fraction and seed are empty for whole splits.
+        Columns task, split, fraction, seed, label, count, probe_overlap. ``split`` is "train",
+        "dev", "test", "probe train" / "probe dev" (the reserved probe pool, when there is one)
+        or "train f{fraction} s{seed}"; fraction and seed are empty for whole splits.
         Label "(items)" counts items and, for NER, "(tokens)" counts tokens; the other rows
-        count items per label (NLI) or entities per type (NER).
+        count items per label (NLI) or entities per type (NER). ``probe_overlap`` (subset rows
+        only, with a pool) is the number of the subset's items that are also probe items,
+        counted from the files: 0 unless the data is stale.
     """
     import pandas as pd
 
@@ -937,7 +960,20 @@ def data_report(task: str, data_dir: Path, subset_files: Iterable[Path] = ()) ->
     rows: list[dict] = []
     splits = {split: read_jsonl(data_dir / f"{split}.jsonl") for split in SPLITS}
 
-    def add(split_name: str, fraction, seed, items: list[dict]) -> None:
+    pool_path = data_dir / f"{PROBE_SPLIT}.jsonl"
+    pool = read_jsonl(pool_path) if pool_path.is_file() else None
+    pool_ids = [str(item["id"]) for item in pool] if pool is not None else []
+    if pool is not None and meta.get("provenance", {}).get("probe_pool", {}).get("source") == (
+        "train"
+    ):
+        leaked = overlap(pool_ids, [str(item["id"]) for item in splits["train"]])
+        if leaked:
+            raise FinescopeError(
+                f"{pool_path}: {leaked} probe items are also in {data_dir / 'train.jsonl'}; "
+                "the data folder is stale, run the data stage again"
+            )
+
+    def add(split_name: str, fraction, seed, items: list[dict], probe_overlap=None) -> None:
         stats = _stats(task, items, labels)
         counts = [("(items)", stats["items"])]
         if task == "ner":
@@ -952,11 +988,15 @@ def data_report(task: str, data_dir: Path, subset_files: Iterable[Path] = ()) ->
                     "seed": seed,
                     "label": label,
                     "count": count,
+                    "probe_overlap": probe_overlap,
                 }
             )
 
     for split in SPLITS:
         add(split, None, None, splits[split])
+    if pool is not None:
+        for part in ("train", "dev"):
+            add(f"probe {part}", None, None, [i for i in pool if i.get("probe_split") == part])
     by_id = {item["id"]: item for item in splits["train"]}
     for path in subset_files:
         subset = read_subset(path)
@@ -975,11 +1015,14 @@ def data_report(task: str, data_dir: Path, subset_files: Iterable[Path] = ()) ->
             fraction,
             subset["seed"],
             [by_id[i] for i in subset["ids"]],
+            overlap(pool_ids, subset["ids"]) if pool is not None else None,
         )
-    frame = pd.DataFrame(rows, columns=["task", "split", "fraction", "seed", "label", "count"])
+    columns = ["task", "split", "fraction", "seed", "label", "count", "probe_overlap"]
+    frame = pd.DataFrame(rows, columns=columns)
     # Nullable integers so whole-split rows have empty fraction/seed cells in the CSV.
     if all(float(f).is_integer() for f in frame["fraction"].dropna()):
         frame["fraction"] = frame["fraction"].astype("Int64")
     frame["seed"] = frame["seed"].astype("Int64")
     frame["count"] = frame["count"].astype("int64")
+    frame["probe_overlap"] = frame["probe_overlap"].astype("Int64")
     return frame

@@ -67,10 +67,12 @@ def prepare_model(ref: str, out_dir: str, facts_path: str, trust_remote_code: bo
     io.write_json(facts_path, facts)
 
 
-def prepare_data(task: str, data_cfg: dict, seed: int, labels_path: str) -> None:
+def prepare_data(
+    task: str, data_cfg: dict, seed: int, probe_pool: dict, labels_path: str
+) -> None:
     from finescope.data import prepare_task
 
-    stats = prepare_task(task, data_cfg, Path(labels_path).parent, seed)
+    stats = prepare_task(task, data_cfg, Path(labels_path).parent, seed, probe_pool=probe_pool)
     log.info("prepared %s: %s", task, stats)
 
 
@@ -108,9 +110,10 @@ def finetune(
     log.info("metrics: %s", metrics)
 
 
-def probe_items(items: list[dict], max_items: int, seed: int) -> list[dict]:
-    """The items probed for a split: a seeded sample by id, the same for every grid point."""
-    if len(items) <= max_items:
+def probe_items(items: list[dict], max_items: int | None, seed: int) -> list[dict]:
+    """The items probed for a split: a seeded sample by id, the same for every grid point
+    (all of them when ``max_items`` is None)."""
+    if max_items is None or len(items) <= max_items:
         return items
     chosen = set(random.Random(seed).sample(sorted(item["id"] for item in items), max_items))
     return [item for item in items if item["id"] in chosen]
@@ -128,13 +131,22 @@ def extract(task: str, model_dir: str, data_path: str, out_dir: str, settings: d
 
 
 def probe(
-    train_cache: str, test_cache: str, point: dict, settings: dict, out_csv: str, n_jobs: int = 1
+    probe_cache: str,
+    test_cache: str,
+    pool_path: str,
+    point: dict,
+    settings: dict,
+    out_csv: str,
+    n_jobs: int = 1,
 ) -> None:
     from finescope.probe import run_probes
 
     # Layers in parallel, one per thread of the job; the scores do not depend on it.
     settings = {**settings, "n_jobs": n_jobs}
-    table = run_probes(point["task"], Path(train_cache), Path(test_cache), point, settings)
+    dev_ids = [str(i["id"]) for i in io.read_jsonl(pool_path) if i.get("probe_split") == "dev"]
+    table = run_probes(
+        point["task"], Path(probe_cache), Path(test_cache), point, settings, dev_ids=dev_ids
+    )
     write_csv(table, out_csv)
 
 
@@ -175,6 +187,7 @@ def tables(
     change_paths: list[str],
     facts_paths: list[str],
     model_meta: dict,
+    entity_f1: str,
     outputs: dict,
 ) -> None:
     """Collect every job's numbers into the tidy tables of the run."""
@@ -186,7 +199,7 @@ def tables(
     records = [
         {**_point_from_path(p, "finetune"), "metrics": io.read_json(p)} for p in metrics_paths
     ]
-    downstream = collect_downstream(records, meta)
+    downstream = collect_downstream(records, meta, entity_f1=entity_f1)
     probing = read_tables(probe_paths)
     change = read_tables(change_paths)
     tidy = tidy_measures(downstream, probing, change, meta)
@@ -204,7 +217,14 @@ def correlations(measures_path: str, settings: dict, out_csv: str) -> None:
     from finescope.analysis import correlate
 
     tidy = pd.read_parquet(measures_path)
-    write_csv(correlate(tidy, seed=settings["seed"], n_boot=settings["n_boot"]), out_csv)
+    table = correlate(
+        tidy,
+        seed=settings["seed"],
+        n_boot=settings["n_boot"],
+        min_n=settings["min_n"],
+        depth_bins=settings["depth_bins"],
+    )
+    write_csv(table, out_csv)
 
 
 def figures(measures_path: str, correlations_path: str, out_dir: str | Path) -> None:

@@ -181,6 +181,12 @@ class Grid:
             for name, m in self.config["models"].items()
         }
 
+    def ner_subword(self, model: str) -> str:
+        """The sub-word of a word that the NER head labels: the first for encoders, the last
+        for decoders (under causal attention only the last one has seen the whole word)."""
+        m = self.config["models"][model]
+        return m.get("ner_subword") or ("last" if m["family"] == "decoder" else "first")
+
     def finetune_settings(self, model: str, seed: int) -> dict:
         settings = copy.deepcopy(self.config["finetune"])
         override = copy.deepcopy(self.config["models"][model].get("finetune", {}))
@@ -189,26 +195,39 @@ class Grid:
         settings.update(override)
         settings["seed"] = seed
         settings["trust_remote_code"] = self.config["models"][model]["trust_remote_code"]
+        settings["ner_subword"] = self.ner_subword(model)
         return settings
 
-    def extract_settings(self, model: str, split: str, random_init: bool = False) -> dict:
+    def extract_settings(
+        self, model: str, split: str, random_init: bool = False, task: str | None = None
+    ) -> dict:
+        """Settings of one extraction job; ``split`` is ``probe`` (the reserved probe pool,
+        every item) or ``test`` (capped at ``extract.max_test_items``)."""
         extract = self.config["extract"]
         settings = {
             "batch_size": extract["batch_size"],
             "max_length": extract["max_length"],
             "dtype": extract["dtype"],
-            "max_items": extract[f"max_{split}_items"],
+            "max_items": extract["max_test_items"] if split == "test" else None,
             "item_seed": extract["seed"],
             # Attention maps are only compared on the test split.
             "attention_items": extract["attention_items"] if split == "test" else 0,
             "random_init": random_init,
             "trust_remote_code": self.config["models"][model]["trust_remote_code"],
         }
+        # Each task gets only its own setting, so changing one re-extracts only that task.
+        if task in (None, "nli"):
+            settings["nli_view"] = extract["nli_view"]
+        if task in (None, "ner"):
+            settings["ner_pooling"] = extract.get("ner_pooling") or self.ner_subword(model)
         if random_init:
             # The seed only draws the random baseline's weights: were it a setting of every
             # extraction, a new probe.seed would re-extract the whole grid.
             settings["seed"] = self.config["probe"]["seed"]
-        settings.update(self.config["models"][model].get("extract", {}))
+        override = dict(self.config["models"][model].get("extract", {}))
+        if task == "nli":
+            override.pop("ner_pooling", None)
+        settings.update(override)
         return settings
 
     def probe_settings(self, task: str) -> dict:

@@ -1,6 +1,7 @@
 rule data_table:
     input:
         labels=expand("results/data/{task}/labels.json", task=TASKS),
+        pools=expand("results/data/{task}/probe.jsonl", task=TASKS),
         subsets=SUBSETS,
     output:
         report(
@@ -47,6 +48,7 @@ rule tables:
         "../envs/analysis.yaml"
     params:
         model_meta=GRID.model_meta(),
+        entity_f1=config["analysis"]["entity_f1"],
     script:
         "../scripts/tables.py"
 

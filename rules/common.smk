@@ -25,6 +25,7 @@ GRID = Grid.from_config(config)
 TASKS = GRID.tasks
 MODELS = GRID.models
 SPLITS = ["train", "dev", "test"]
+PROBE_SPLIT = "probe"
 
 
 wildcard_constraints:
@@ -32,7 +33,7 @@ wildcard_constraints:
     model="|".join(MODELS),
     fraction=r"\d+|random",
     seed=r"\d+",
-    split="train|test",
+    split="probe|test",
 
 
 localrules:
@@ -62,7 +63,10 @@ def finetune_settings(wildcards):
 
 def extract_settings(wildcards):
     return GRID.extract_settings(
-        wildcards.model, wildcards.split, random_init=wildcards.fraction == "random"
+        wildcards.model,
+        wildcards.split,
+        random_init=wildcards.fraction == "random",
+        task=wildcards.task,
     )
 
 

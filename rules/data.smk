@@ -3,6 +3,7 @@ rule prepare_data:
         GRID.data_inputs,
     output:
         splits=expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
+        pool="results/data/{task}/probe.jsonl",
         labels="results/data/{task}/labels.json",
     log:
         "logs/prepare_data/{task}.log",
@@ -11,6 +12,7 @@ rule prepare_data:
     params:
         data=lambda wc: config["tasks"][wc.task]["data"],
         seed=config["data_seed"],
+        probe_pool=config["probe_pool"],
     script:
         "../scripts/prepare_data.py"
 

@@ -1,7 +1,8 @@
 rule probe:
     input:
-        train="results/cache/{task}/{model}/f{fraction}/s{seed}/train",
+        probe="results/cache/{task}/{model}/f{fraction}/s{seed}/probe",
         test="results/cache/{task}/{model}/f{fraction}/s{seed}/test",
+        pool="results/data/{task}/probe.jsonl",
     output:
         "results/probe/{task}/{model}/f{fraction}/s{seed}.csv",
     log:

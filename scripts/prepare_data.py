@@ -5,5 +5,6 @@ with stages.logged(snakemake.log[0]):
         snakemake.wildcards.task,
         snakemake.params.data,
         snakemake.params.seed,
+        snakemake.params.probe_pool,
         snakemake.output.labels,
     )

@@ -2,8 +2,9 @@ from finescope import stages
 
 with stages.logged(snakemake.log[0], threads=snakemake.threads):
     stages.probe(
-        snakemake.input.train,
+        snakemake.input.probe,
         snakemake.input.test,
+        snakemake.input.pool,
         snakemake.params.point,
         snakemake.params.settings,
         snakemake.output[0],

@@ -7,5 +7,6 @@ with stages.logged(snakemake.log[0]):
         snakemake.input.changes,
         snakemake.input.facts,
         snakemake.params.model_meta,
+        snakemake.params.entity_f1,
         dict(snakemake.output.items()),
     )

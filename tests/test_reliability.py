@@ -160,7 +160,7 @@ def test_the_probe_seed_re_extracts_only_the_random_baseline(finished):
     assert rules == {"probe": 6, "extract": 4} | ANALYSIS
     extracts = [job for job in jobs if job["rule"] == "extract"]
     assert _points(extracts, "task", "fraction", "split") == {
-        (t, "random", s) for t in ("nli", "ner") for s in ("train", "test")
+        (t, "random", s) for t in ("nli", "ner") for s in ("probe", "test")
     }
 
 
@@ -319,7 +319,7 @@ def test_a_corrupt_cache_is_reported_with_the_path_to_delete_and_rebuilt_once_de
     finished, tmp_path
 ):
     workdir = _copy(finished, tmp_path)
-    cache_rel = "results/cache/ner/bert/f0/s0/train"
+    cache_rel = "results/cache/ner/bert/f0/s0/probe"
     probe_rel = "results/probe/ner/bert/f0/s0.csv"
     reference = _table(workdir / probe_rel)
     word = workdir / cache_rel / "word.npy"

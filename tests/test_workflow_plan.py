@@ -48,7 +48,7 @@ def test_grid_settings_merge_model_overrides():
     minilm = grid.finetune_settings("minilm", seed=1)
     assert smol["learning_rate"] == 0.0001 and minilm["learning_rate"] == 0.0003
     assert smol["seed"] == 1 and smol["epochs"] == 2 and minilm["epochs"] == 4
-    assert grid.extract_settings("minilm", "train")["attention_items"] == 0
+    assert grid.extract_settings("minilm", "probe")["attention_items"] == 0
     assert grid.extract_settings("minilm", "test")["attention_items"] == 32
     # Only the random baseline's weights depend on the seed: no other extraction re-runs for it.
     assert "seed" not in grid.extract_settings("minilm", "test")

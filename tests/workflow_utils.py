@@ -106,8 +106,8 @@ def tiny_config(workdir: Path, models: dict[str, Path], **overrides) -> Path:
     """Write a config that runs the whole DAG on tiny random models in about a minute."""
     config = {
         "tasks": {
-            "nli": {"data": {"source": "synthetic", "train": 24, "dev": 9, "test": 15}},
-            "ner": {"data": {"source": "synthetic", "train": 24, "dev": 9, "test": 15}},
+            "nli": {"data": {"source": "synthetic", "train": 40, "dev": 9, "test": 15}},
+            "ner": {"data": {"source": "synthetic", "train": 40, "dev": 9, "test": 15}},
         },
         "models": {
             name: {"ref": str(path), "family": family, "domain": "general"}
@@ -115,6 +115,7 @@ def tiny_config(workdir: Path, models: dict[str, Path], **overrides) -> Path:
         },
         "fractions": [0, 50, 100],
         "seeds": [1],
+        "probe_pool": {"size": 16},
         "finetune": {
             "epochs": 1,
             "batch_size": 8,
