@@ -53,6 +53,13 @@ def test_grid_settings_merge_model_overrides():
     # Only the random baseline's weights depend on the seed: no other extraction re-runs for it.
     assert "seed" not in grid.extract_settings("minilm", "test")
     assert grid.extract_settings("minilm", "test", random_init=True)["seed"] == 0
+    # NER: a decoder's head and probes read the last sub-word of a word, an encoder's the first.
+    assert smol["ner_subword"] == "last" and minilm["ner_subword"] == "first"
+    assert grid.extract_settings("smollm2", "probe", task="ner")["ner_pooling"] == "last"
+    assert grid.extract_settings("minilm", "probe", task="ner")["ner_pooling"] == "first"
+    assert "ner_pooling" not in grid.extract_settings("minilm", "probe", task="nli")
+    assert grid.extract_settings("minilm", "probe", task="nli")["nli_view"] == "pair"
+    assert grid.extract_settings("minilm", "probe")["max_items"] is None  # the whole pool
     assert "svm" not in grid.probe_settings("ner")["probes"]
     assert "bilstm_crf" not in grid.probe_settings("nli")["probes"]
 
