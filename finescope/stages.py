@@ -67,9 +67,7 @@ def prepare_model(ref: str, out_dir: str, facts_path: str, trust_remote_code: bo
     io.write_json(facts_path, facts)
 
 
-def prepare_data(
-    task: str, data_cfg: dict, seed: int, probe_pool: dict, labels_path: str
-) -> None:
+def prepare_data(task: str, data_cfg: dict, seed: int, probe_pool: dict, labels_path: str) -> None:
     from finescope.data import prepare_task
 
     stats = prepare_task(task, data_cfg, Path(labels_path).parent, seed, probe_pool=probe_pool)
