@@ -1210,7 +1210,6 @@ def _check_caches(
                 f"{paths[0]} and {paths[1]}: meta.json {key} differs "
                 f"({probe.meta.get(key)} vs {test.meta.get(key)}); extract both from one model"
             )
-    specs = [resolve_features(task, c.meta, settings) for c in (probe, test)]
     if task == "nli":
         layouts = [nli_layout(c.meta, p) for c, p in zip((probe, test), paths, strict=True)]
         if layouts[0] != layouts[1]:
@@ -1218,7 +1217,8 @@ def _check_caches(
                 f"{paths[0]} and {paths[1]}: meta.json nli_view differs ({layouts[0]} vs "
                 f"{layouts[1]}); extract both with the same extract.nli_view"
             )
-    elif specs[0] != specs[1]:
+    specs = [resolve_features(task, c.meta, settings) for c in (probe, test)]
+    if specs[0] != specs[1]:
         raise FinescopeError(
             f"{paths[0]} and {paths[1]}: meta.json ner_pooling differs ({specs[0].name} vs "
             f"{specs[1].name}); extract both with the same extract.ner_pooling"

@@ -476,6 +476,48 @@ def test_clear_errors(tmp_path):
         run_probes("ner", tmp_path / "nowhere", test, point, {})
 
 
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"nli_features": "both"}, r"probe\.nli_features"),
+        ({"nli_control": "item"}, r"probe\.nli_control"),
+        ({"nli_interactions": "yes"}, r"probe\.nli_interactions"),
+        ({"linear": {"C": []}}, r"probe\.linear\.C"),
+        ({"svm": {"C": [1.0, -1.0]}}, r"probe\.svm\.C"),
+        ({"linear": {"C": True}}, r"probe\.linear\.C"),
+        ({"max_test_items": 0}, r"probe\.max_test_items"),
+    ],
+)
+def test_bad_settings_name_their_key(tmp_path, settings, match):
+    train, _ = nli_cache(tmp_path / "train", 30, 1, None, seed=0)
+    with pytest.raises(FinescopeError, match=match):
+        run_probes("nli", train, train, POINT, {**FAST, **settings})
+
+
+def test_nli_control_errors(tmp_path):
+    train, _ = nli_cache(tmp_path / "train", 30, 1, None, seed=0)
+    test, _ = nli_cache(tmp_path / "test", 20, 1, None, seed=1)
+    lexical = {**FAST, "selectivity": True}
+    with pytest.raises(FinescopeError, match="probe_hypotheses"):
+        run_probes("nli", train, test, POINT, lexical)
+    partial = dict(list(hypotheses(train).items())[:10])
+    with pytest.raises(FinescopeError, match="lacks the hypothesis of 20"):
+        run_probes("nli", train, test, POINT, lexical, probe_hypotheses=partial)
+    with pytest.raises(FinescopeError, match="3 hypotheses for 20"):
+        run_probes("nli", train, test, POINT, lexical, probe_hypotheses=hypotheses(train),
+                   test_hypotheses=["a", "b", "c"])  # fmt: skip
+    # Hypotheses stored in the cache meta are used when none are passed.
+    meta = json.loads((test / "meta.json").read_text())
+    meta["hypotheses"] = list(hypotheses(test).values())
+    (test / "meta.json").write_text(json.dumps(meta))
+    table = run_probes("nli", train, test, POINT, lexical, probe_hypotheses=hypotheses(train))
+    assert measures(table, 0)["control_coverage"] == 1.0
+    # A C list goes through run_probes' dev search; a probe made on its own needs one C.
+    with pytest.raises(FinescopeError, match=r"probe\.linear\.C"):
+        make_probe("linear", {"linear": {"C": [0.1, 1.0]}})
+    assert make_probe("linear", {"linear": {"C": [0.1, 1.0]}}, C=0.1).C == 0.1
+
+
 def test_merge_ner_tag():
     assert [merge_ner_tag(t) for t in ["B-DNA", "I-DNA", "O", "E-RNA", "S-cell_line"]] == [
         "DNA", "DNA", "O", "RNA", "cell_line"
@@ -559,6 +601,15 @@ def test_dev_rows_are_scored_with_the_probe_fitted_on_probe_train(tmp_path):
         assert got["accuracy"] == pytest.approx(np.mean(pred_test == y_test), abs=1e-12)
     assert set(table.measure) == {"accuracy", "macro_f1", "dev_accuracy", "dev_macro_f1"}
     assert measures(table, 1)["dev_accuracy"] > 0.6 > measures(table, 0)["dev_accuracy"]
+    # The optional cap samples probe-train only; probe-dev keeps all its items.
+    capped = run_probes("nli", pool, test, POINT, {**FAST, "max_train_items": 40}, dev_ids=dev_ids)
+    kept = train_rows[sample_item_indices([ids[i] for i in train_rows], 40, seed=0)]
+    with threadpool_limits(1):
+        probe = LinearProbe().fit(hand_features(pool, 1, kept), codes[kept])
+        pred_dev = probe.predict(hand_features(pool, 1, dev_rows))
+    assert measures(capped, 1)["dev_accuracy"] == pytest.approx(
+        np.mean(pred_dev == codes[dev_rows]), abs=1e-12
+    )
     with pytest.raises(FinescopeError, match="dev_ids"):
         run_probes("nli", pool, test, POINT, FAST, dev_ids=["not-an-item"])
 
