@@ -1,31 +1,64 @@
 """Layer-wise probing of cached hidden states: what each layer encodes, and how cheaply.
 
-Every layer ``0 .. n_layers-1`` is probed on its own (layer 0 = embeddings): a probe is trained
-on the train-split cache and scored on the test-split cache.
+Every layer ``0 .. n_layers-1`` is probed on its own (layer 0 = embeddings). Three sets of
+items take part, none of them ever seen in fine-tuning:
 
-- NLI features: ``[premise vector; hypothesis vector]`` (width ``2 * width``), one row per item.
-- NER features: the word vector, one row per word; the label is the entity type with B/I merged
-  (``B-DNA``, ``I-DNA`` -> ``DNA``) or ``O``. Words are grouped into sentences through
-  ``meta["word_item"]`` (needed by the sequence probe and by the item caps).
+- probe-train: the rows of the probe cache (the reserved probe pool) whose item id is not in
+  ``dev_ids``; every probe is fitted on these rows only, and so is the online code;
+- probe-dev: the rows of the probe cache whose item id is in ``dev_ids``; they choose the
+  probe's C where a list of values is given, and are scored (measures prefixed ``dev_``) so
+  that the reported best layer can be picked on them rather than on the test set;
+- test: the rows of the test cache, scored with the measures named as they are.
+
+Features (column ``features`` of the output names what was used):
+
+- NLI: a concatenation of per-item views. Pair caches (``meta["nli_view"] == "pair"``: one
+  joint sequence per item) store ``cls`` (the position the classification head reads) and
+  ``premise`` / ``hypothesis`` (means over each segment of the joint pass); separate caches
+  (``nli_view`` "separate" or absent) store ``premise`` / ``hypothesis`` from two sequences.
+  ``nli_features``: ``cls``, ``segments`` (``premise+hypothesis``) or ``cls_segments``
+  (``cls+premise+hypothesis``); ``auto`` = ``cls_segments`` for pair caches, ``segments`` for
+  separate ones. ``nli_interactions`` appends ``|u-v|`` and ``u*v`` of the premise (u) and
+  hypothesis (v) vectors.
+- NER: the word vector (``word:<pooling>``, the sub-word pooling in ``meta["ner_pooling"]``,
+  ``mean`` where the cache does not say), one row per word; the label is the entity type with
+  B/I merged (``B-DNA``, ``I-DNA`` -> ``DNA``) or ``O``. Words are grouped into sentences
+  through ``meta["word_item"]`` (needed by the sequence probe and to split by item).
 
 Probes (``settings["probes"]``): ``linear`` (standardise + multinomial logistic regression),
 ``mlp`` (standardise + one hidden layer), ``svm`` (standardise + RBF SVC, the study's NLI probe)
 and ``bilstm_crf`` (BiLSTM + CRF over each sentence's word vectors, the study's NER probe).
+``linear.C`` and ``svm.C`` may be lists: per layer, the C with the best probe-dev macro-F1 is
+used (ties: the smaller C, i.e. the stronger regularisation), reported as ``chosen_C``.
 
 Controls:
 
-- Selectivity (Hewitt & Liang, 2019): the same probe is trained on a control task and
-  ``selectivity = accuracy - control_accuracy`` (same probe, same layer). NER: every word type
-  (lower-cased word string) gets a fixed random label drawn from the empirical training label
-  distribution; types recur between train and test, so the control is learnable only by
-  memorising types. NLI: the unit is the item (its id), so every item gets a fixed random label;
-  no test item is a training item, so the control cannot be memorised into test accuracy and
-  ``control_accuracy`` sits at chance (about ``sum_k p_k^2``). NLI selectivity is therefore
-  accuracy above a chance level that the probe's own fitting procedure produces on unlearnable
-  labels, not a penalty on memorisation capacity.
-- MDL, online code (Voita & Titov, 2020): see :func:`online_codelength`; the linear probe
-  coding each block picks its L2 strength on held-out earlier items
-  (:class:`SelectedLinearProbe`), so that it is not over-confident at small training sizes.
+- Selectivity (Hewitt & Liang, 2019): the same probe (same layer, same C) is trained on a
+  control task whose labels are a fixed random function of a lexical key, and
+  ``selectivity = accuracy - control_accuracy``. Keys recur between probe-train and the
+  scored splits and the key -> label map is the same in all of them, so the control is
+  learnable exactly by memorising keys: a high control score means the probe can memorise
+  surface types from these features, and selectivity is what is left beyond that.
+
+  - NER: the key is the word type (the lower-cased word string). Besides accuracy (``O``
+    dominates NER, so accuracy selectivity is nearly blind) it is reported on macro-F1
+    (``control_macro_f1``, ``selectivity_macro_f1``) and on entity words, the words whose
+    gold task label is not ``O`` (``entity_accuracy``, ``control_entity_accuracy`` = control
+    accuracy on those same words, ``selectivity_entity``).
+  - NLI (``nli_control: lexical``): the key is the lexical type of the hypothesis, its first
+    content word (:func:`hypothesis_type`: whitespace words, lower-cased, letters only, the
+    first one not in :data:`STOP_WORDS`; the first word with letters if all are stop words;
+    the first whitespace word if none has letters). ``control_coverage`` is the share of
+    scored items whose key occurs among the probe-train keys: only those can be memorised,
+    the rest are at chance. ``nli_control: none`` reports no NLI selectivity.
+
+  Control labels come from :func:`selectivity_control_labels`: drawn per key from the
+  probe-train label distribution with a hash of (seed, key), so every split and every grid
+  point sees the same control task.
+- MDL, online code (Voita & Titov, 2020), on the probe-train rows: see
+  :func:`online_codelength`; the linear probe coding each block picks its L2 strength on
+  held-out earlier items (:class:`SelectedLinearProbe`), so that it is not over-confident at
+  small training sizes.
 
 Every random choice is seeded by ``settings["seed"]`` and never depends on the order in which
 layers are processed, so results are identical for any ``n_jobs``.
@@ -38,7 +71,7 @@ import hashlib
 import logging
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,36 +95,61 @@ log = logging.getLogger(__name__)
 PROBES = ("linear", "mlp", "svm", "bilstm_crf")
 # Probes that read sequences of word vectors and so only apply to NER.
 SEQUENCE_PROBES = frozenset({"bilstm_crf"})
+# Probes whose C may be a list, chosen per layer on probe-dev.
+C_PROBES = ("linear", "svm")
 # Probes whose per-item probabilities the online code can use.
 MDL_PROBES = ("linear", "mlp")
 # Voita & Titov (2020) block boundaries, in percent of the probe training set.
 MDL_PORTIONS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.25, 12.5, 25.0, 50.0, 100.0)
 # L2 strengths the online code's linear probe chooses from at every block.
 MDL_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-COLUMNS = ["task", "model", "fraction", "seed", "layer", "probe", "measure", "value"]
+COLUMNS = ["task", "model", "fraction", "seed", "layer", "probe", "features", "measure", "value"]
 NLI_VIEWS = ("premise", "hypothesis")
+NLI_LAYOUTS = ("pair", "separate")
+NLI_FEATURES = {
+    "cls": ("cls",),
+    "segments": ("premise", "hypothesis"),
+    "cls_segments": ("cls", "premise", "hypothesis"),
+}
+NLI_CONTROLS = ("lexical", "none")
 NER_VIEW = "word"
+NER_OUTSIDE = "O"
+# Function words skipped when taking a hypothesis's first content word (fixed: changing it
+# changes the NLI control task).
+STOP_WORDS = frozenset(
+    """a an the this that these those some any all each every no not
+    is are was were be been being am has have had do does did will would can could
+    there here it its he she they we i you his her their our my your him them us
+    of in on at to for with by from as into over under about and or but if then so""".split()
+)
 # Largest finite float16: an overflowed half-precision activation is clipped back to it.
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "probes": ["linear"],
+    # C: a number, or a list searched per layer on probe-dev macro-F1 (linear and svm).
     "linear": {"C": 1.0, "max_iter": 1000},
     "mlp": {"hidden": 128, "alpha": 1e-4, "max_iter": 200},
     "svm": {"C": 1.0, "gamma": "scale"},
     "bilstm_crf": {"hidden": 64, "epochs": 10, "lr": 0.01, "batch_size": 32},
+    # "auto" | "cls" | "segments" | "cls_segments"; auto = cls_segments (pair caches) or
+    # segments (separate caches).
+    "nli_features": "auto",
+    "nli_interactions": False,
     "selectivity": True,
+    # "lexical" (control key = the hypothesis's first content word) | "none".
+    "nli_control": "lexical",
     # True/False, or {"enabled": bool, "probe": "linear" | "mlp", "portions": [...percent...],
     # "C_grid": [...]} (see make_mdl_probe).
     "mdl": True,
     "seed": 0,
+    # Optional caps (null = off): probe-train items and test items; probe-dev is never capped.
     "max_train_items": None,
     "max_test_items": None,
     "n_jobs": 1,
 }
 # Keys the workflow may pass that matter elsewhere, not here.
 _IGNORED_KEYS = frozenset({"random_baseline"})
-
 
 # --------------------------------------------------------------------------------------------
 # Probes
@@ -458,7 +516,7 @@ class BiLSTMCRFProbe(BaseEstimator, ClassifierMixin):
         return self.classes_[pred]
 
 
-def make_probe(name: str, settings: dict | None = None) -> Any:
+def make_probe(name: str, settings: dict | None = None, *, C: float | None = None) -> Any:
     """A fresh, seeded probe by name.
 
     Parameters
@@ -467,6 +525,9 @@ def make_probe(name: str, settings: dict | None = None) -> Any:
         One of ``linear``, ``mlp``, ``svm``, ``bilstm_crf``.
     settings
         Probe settings (``run_probes`` keys); missing keys take :data:`DEFAULT_SETTINGS`.
+    C
+        ``linear`` / ``svm`` only: this C instead of the setting's (needed where the setting
+        is a list of candidates, which only :func:`run_probes` searches).
 
     Returns
     -------
@@ -474,15 +535,20 @@ def make_probe(name: str, settings: dict | None = None) -> Any:
     """
     s = resolve_settings(settings or {})
     seed = s["seed"]
-    if name == "linear":
-        p = s["linear"]
-        return LinearProbe(p["C"], p["max_iter"], random_state=seed)
+    if name in C_PROBES:
+        if C is None:
+            C = s[name]["C"]
+            if isinstance(C, list):
+                raise FinescopeError(
+                    f"config key probe.{name}.C: a list of values is searched on probe-dev "
+                    "items by run_probes (pass dev_ids); give one number here"
+                )
+        if name == "linear":
+            return LinearProbe(C, s["linear"]["max_iter"], random_state=seed)
+        return SVMProbe(C, s["svm"]["gamma"], random_state=seed)
     if name == "mlp":
         p = s["mlp"]
         return MLPProbe(p["hidden"], p["alpha"], p["max_iter"], random_state=seed)
-    if name == "svm":
-        p = s["svm"]
-        return SVMProbe(p["C"], p["gamma"], random_state=seed)
     if name == "bilstm_crf":
         p = s["bilstm_crf"]
         return BiLSTMCRFProbe(p["hidden"], p["epochs"], p["lr"], p["batch_size"], seed)
@@ -521,7 +587,8 @@ def resolve_settings(settings: dict) -> dict:
 
     Returns
     -------
-    A complete settings dict; ``mdl`` is normalised to ``{enabled, probe, portions, C_grid}``.
+    A complete settings dict; ``mdl`` is normalised to ``{enabled, probe, portions, C_grid}``
+    and a list ``linear.C`` / ``svm.C`` is sorted ascending, duplicates dropped.
     """
     if not isinstance(settings, dict):
         raise FinescopeError("config key probe: expected a mapping of probe settings")
@@ -561,11 +628,38 @@ def resolve_settings(settings: dict) -> dict:
             raise FinescopeError(f"config key probe.{key}: expected a positive integer or null")
     if not isinstance(out["n_jobs"], int) or out["n_jobs"] == 0:
         raise FinescopeError("config key probe.n_jobs: expected a non-zero integer (-1 = all)")
-    for key, field in (("linear", "C"), ("svm", "C"), ("bilstm_crf", "lr")):
-        if not out[key][field] > 0:
-            raise FinescopeError(f"config key probe.{key}.{field}: must be > 0")
+    for key in C_PROBES:
+        out[key]["C"] = _resolve_C(out[key]["C"], f"probe.{key}.C")
+    if not out["bilstm_crf"]["lr"] > 0:
+        raise FinescopeError("config key probe.bilstm_crf.lr: must be > 0")
+    for key, allowed in (
+        ("nli_features", tuple(["auto", *NLI_FEATURES])),
+        ("nli_control", NLI_CONTROLS),
+    ):
+        if out[key] not in allowed:
+            raise FinescopeError(
+                f"config key probe.{key}: {out[key]!r}; use one of {list(allowed)}"
+            )
+    for key in ("nli_interactions", "selectivity"):
+        if not isinstance(out[key], bool):
+            raise FinescopeError(f"config key probe.{key}: expected true or false")
     out["mdl"] = _resolve_mdl(out["mdl"])
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _resolve_C(value: Any, key: str) -> float | list[float]:
+    """A positive number, or a non-empty list of them (sorted, duplicates dropped)."""
+    if isinstance(value, (list, tuple)):
+        if not value or not all(_is_number(c) and c > 0 for c in value):
+            raise FinescopeError(f"config key {key}: expected a non-empty list of numbers > 0")
+        return sorted({float(c) for c in value})
+    if not _is_number(value) or not value > 0:
+        raise FinescopeError(f"config key {key}: expected a number > 0 or a list of them")
+    return value
 
 
 def _resolve_mdl(mdl: Any) -> dict:
@@ -665,7 +759,8 @@ def selectivity_control_labels(keys: Sequence[str], label_pool: Sequence, seed: 
     Parameters
     ----------
     keys
-        One key per row, shape (N,): the lower-cased word (NER) or the item id (NLI).
+        One key per row, shape (N,): the lower-cased word (NER) or the hypothesis type
+        (NLI, :func:`hypothesis_type`).
     label_pool
         Task labels whose empirical distribution is sampled (the training labels), shape (M,).
     seed
@@ -688,6 +783,39 @@ def selectivity_control_labels(keys: Sequence[str], label_pool: Sequence, seed: 
             table[key] = min(int(np.searchsorted(cdf, u, side="right")), len(classes) - 1)
         codes[i] = table[key]
     return classes[codes]
+
+
+def hypothesis_type(text: str) -> str:
+    """Lexical type of an NLI hypothesis, the key of its control label: its first content word.
+
+    The text is split on whitespace; each word is lower-cased and reduced to its letters
+    (``"IL-2"`` -> ``"il"``, ``"dog's"`` -> ``"dogs"``). The type is the first such word that
+    is not empty and not in :data:`STOP_WORDS`; if every word is a stop word, the first
+    non-empty one; if no word has a letter, the first whitespace word, lower-cased (``""``
+    for an empty text).
+
+    Examples
+    --------
+    ``"A man is sleeping."`` -> ``"man"``; ``"It is not."`` -> ``"it"``; ``"42 !"`` -> ``"42"``.
+    """
+    words = str(text).lower().split()
+    letters = [w for w in ("".join(ch for ch in word if ch.isalpha()) for word in words) if w]
+    for word in letters:
+        if word not in STOP_WORDS:
+            return word
+    if letters:
+        return letters[0]
+    return words[0] if words else ""
+
+
+def control_coverage(keys: Sequence[str], train_keys: Iterable[str]) -> float:
+    """Share of ``keys`` that occur among ``train_keys`` (nan for no keys): the scored items
+    whose control label a probe could have memorised."""
+    keys = [str(k) for k in keys]
+    if not keys:
+        return math.nan
+    seen = {str(k) for k in train_keys}
+    return float(np.mean([k in seen for k in keys]))
 
 
 def mdl_block_ends(n: int, portions: Sequence[float] = MDL_PORTIONS) -> list[int]:
@@ -895,6 +1023,21 @@ class _Split:
     groups: np.ndarray | None  # sentence (item index) of each row (NER)
     keys: np.ndarray | None  # control-task key of each row (selectivity)
     control: np.ndarray | None = None  # control-task label of each row (selectivity)
+    coverage: float = math.nan  # share of rows whose key occurs in probe-train (NLI control)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a probe reads: the views concatenated, in order, and the NLI interaction terms."""
+
+    name: str  # the ``features`` column, e.g. "cls+premise+hypothesis", "word:last"
+    views: tuple[str, ...]
+    interactions: bool = False
+
+    @property
+    def needed_views(self) -> tuple[str, ...]:
+        extra = NLI_VIEWS if self.interactions else ()
+        return tuple(dict.fromkeys((*self.views, *extra)))
 
 
 def sample_item_indices(ids: Sequence[str], max_items: int | None, seed: int) -> np.ndarray:
@@ -926,23 +1069,104 @@ def sample_item_indices(ids: Sequence[str], max_items: int | None, seed: int) ->
     return np.array([i for i, item in enumerate(ids) if item in chosen], dtype=np.int64)
 
 
+def nli_layout(meta: dict, path: str | Path = "cache") -> str:
+    """``"pair"`` or ``"separate"``: how an NLI cache was encoded (absent = separate)."""
+    layout = meta.get("nli_view") or "separate"
+    if layout not in NLI_LAYOUTS:
+        raise FinescopeError(
+            f"{path}/meta.json: nli_view {layout!r}; expected one of {list(NLI_LAYOUTS)}"
+        )
+    return layout
+
+
+def resolve_features(task: str, meta: dict, settings: dict | None = None) -> FeatureSpec:
+    """The features probed for a cache, from its meta and the settings.
+
+    Parameters
+    ----------
+    task
+        ``"nli"`` or ``"ner"``.
+    meta
+        The cache's ``meta.json`` (``nli_view``, ``ner_pooling`` are read; absent = separate
+        and mean).
+    settings
+        Probe settings (``nli_features``, ``nli_interactions``).
+
+    Returns
+    -------
+    The :class:`FeatureSpec`; its ``name`` is the ``features`` column of the output.
+    """
+    s = resolve_settings(settings or {})
+    if task == "ner":
+        return FeatureSpec(f"{NER_VIEW}:{meta.get('ner_pooling') or 'mean'}", (NER_VIEW,))
+    layout = nli_layout(meta)
+    mode = s["nli_features"]
+    if mode == "auto":
+        mode = "cls_segments" if layout == "pair" else "segments"
+    views = NLI_FEATURES[mode]
+    if "cls" in views and layout != "pair":
+        raise FinescopeError(
+            f"config key probe.nli_features: {mode!r} reads the 'cls' view, which only pair "
+            "caches store (extract.nli_view: pair); use segments or auto for separate caches"
+        )
+    name = "+".join(views) + ("+|u-v|+u*v" if s["nli_interactions"] else "")
+    return FeatureSpec(name, views, s["nli_interactions"])
+
+
+def _item_ids(cache: Any, path: Path) -> list[str]:
+    ids = [str(i) for i in cache.ids]
+    if len(set(ids)) != len(ids):
+        raise FinescopeError(f"{path}/meta.json: item ids are not unique")
+    return ids
+
+
+def _hypothesis_keys(
+    cache: Any, path: Path, items: np.ndarray, given: Mapping | Sequence | None, arg: str
+) -> np.ndarray:
+    """Hypothesis type of each chosen item: texts from ``given`` (by id or in cache order) or
+    from ``meta["hypotheses"]``."""
+    ids = _item_ids(cache, path)
+    texts = cache.meta.get("hypotheses") if given is None else given
+    if texts is None:
+        raise FinescopeError(
+            f"{path}: the lexical NLI control needs the hypothesis texts; pass {arg} (id -> "
+            "hypothesis), or set probe.nli_control: none or probe.selectivity: false"
+        )
+    if isinstance(texts, Mapping):
+        missing = [ids[i] for i in items if ids[i] not in texts]
+        if missing:
+            raise FinescopeError(
+                f"{path}: {arg} lacks the hypothesis of {len(missing)} cached item(s), "
+                f"e.g. {missing[:3]}"
+            )
+        return np.asarray([hypothesis_type(texts[ids[i]]) for i in items], dtype=object)
+    if len(texts) != len(ids):
+        raise FinescopeError(f"{path}: {len(texts)} hypotheses for {len(ids)} cached items")
+    return np.asarray([hypothesis_type(texts[i]) for i in items], dtype=object)
+
+
 def _select(
     task: str,
     cache: Any,
     path: Path,
-    max_items: int | None,
-    seed: int,
+    items: np.ndarray,
     control: bool,
     words: Sequence[str] | None,
+    hypotheses: Mapping | Sequence | None,
+    arg: str,
 ) -> _Split:
-    items = sample_item_indices(cache.ids, max_items, seed)
+    """The rows of ``items`` (item indices into the cache), their labels and control keys."""
     labels = np.asarray([str(label) for label in cache.labels])
     if task == "nli":
         if len(labels) != len(cache.ids):
             raise FinescopeError(
                 f"{path}/meta.json: {len(labels)} labels for {len(cache.ids)} items"
             )
-        keys = np.asarray(cache.ids, dtype=str)[items] if control else None
+        keys = (
+            _hypothesis_keys(cache, path, items, hypotheses, f"{arg}_hypotheses")
+            if control
+            else None
+        )
         return _Split(items, labels[items], None, keys)
     word_item = cache.meta.get("word_item")
     if word_item is None:
@@ -964,7 +1188,7 @@ def _select(
         if words is None:
             raise FinescopeError(
                 f"{path}/meta.json: NER selectivity needs the word strings (meta 'words'); "
-                "re-run extract, pass the words, or set probe.selectivity: false"
+                f"re-run extract, pass {arg}_words, or set probe.selectivity: false"
             )
         if len(words) != len(labels):
             raise FinescopeError(f"{path}: {len(words)} words for {len(labels)} word labels")
@@ -972,29 +1196,47 @@ def _select(
     return _Split(rows, merged, word_item[rows], keys)
 
 
-def _check_caches(task: str, train: Any, test: Any, paths: tuple[Path, Path]) -> None:
-    views = NLI_VIEWS if task == "nli" else (NER_VIEW,)
-    for cache, path in zip((train, test), paths, strict=True):
+def _check_caches(
+    task: str, probe: Any, test: Any, paths: tuple[Path, Path], settings: dict
+) -> FeatureSpec:
+    """Both caches fit the task and each other; the features they are probed on."""
+    for cache, path in zip((probe, test), paths, strict=True):
         cached_task = cache.meta.get("task", task)
         if cached_task != task:
             raise FinescopeError(f"{path}/meta.json: a {cached_task} cache given for task {task}")
-        missing = [v for v in views if v not in cache.meta.get("views", views)]
-        if missing:
-            raise FinescopeError(f"{path}/meta.json: views {missing} missing for task {task}")
     for key in ("n_layers", "width"):
-        if train.meta.get(key) != test.meta.get(key):
+        if probe.meta.get(key) != test.meta.get(key):
             raise FinescopeError(
                 f"{paths[0]} and {paths[1]}: meta.json {key} differs "
-                f"({train.meta.get(key)} vs {test.meta.get(key)}); extract both from one model"
+                f"({probe.meta.get(key)} vs {test.meta.get(key)}); extract both from one model"
             )
-
-
-def _features(task: str, cache: Any, layer: int, rows: np.ndarray) -> np.ndarray:
     if task == "nli":
-        X = np.concatenate([cache.layer(v, layer)[rows] for v in NLI_VIEWS], axis=1)
-    else:
-        X = cache.layer(NER_VIEW, layer)[rows]
-    X = np.asarray(X, dtype=np.float32)
+        layouts = [nli_layout(c.meta, p) for c, p in zip((probe, test), paths, strict=True)]
+        if layouts[0] != layouts[1]:
+            raise FinescopeError(
+                f"{paths[0]} and {paths[1]}: meta.json nli_view differs ({layouts[0]} vs "
+                f"{layouts[1]}); extract both with the same extract.nli_view"
+            )
+    specs = [resolve_features(task, c.meta, settings) for c in (probe, test)]
+    if specs[0] != specs[1]:
+        raise FinescopeError(
+            f"{paths[0]} and {paths[1]}: meta.json ner_pooling differs ({specs[0].name} vs "
+            f"{specs[1].name}); extract both with the same extract.ner_pooling"
+        )
+    spec = specs[0]
+    for cache, path in zip((probe, test), paths, strict=True):
+        stored = cache.meta.get("views", spec.needed_views)
+        missing = [v for v in spec.needed_views if v not in stored]
+        if missing:
+            raise FinescopeError(
+                f"{path}/meta.json: views {missing} missing for task {task} with features "
+                f"{spec.name}"
+            )
+    return spec
+
+
+def _view_matrix(cache: Any, view: str, layer: int, rows: np.ndarray) -> np.ndarray:
+    X = np.asarray(cache.layer(view, layer)[rows], dtype=np.float32)
     if not np.isfinite(X).all():
         if np.isnan(X).any():
             raise FinescopeError(
@@ -1007,16 +1249,109 @@ def _features(task: str, cache: Any, layer: int, rows: np.ndarray) -> np.ndarray
     return X
 
 
+def layer_features(cache: Any, layer: int, rows: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """The feature matrix of one layer: ``spec.views`` side by side, then ``|u-v|`` and
+    ``u*v`` of the premise (u) and hypothesis (v) vectors if ``spec.interactions``.
+
+    Parameters
+    ----------
+    cache
+        An open cache (:func:`open_cache`).
+    layer
+        Layer index.
+    rows
+        Row indices into the cache's arrays, shape (n,).
+    spec
+        From :func:`resolve_features`.
+
+    Returns
+    -------
+    float32 array of shape (n, width * (len(spec.views) + 2 * spec.interactions)).
+    """
+    parts = [_view_matrix(cache, view, layer, rows) for view in spec.views]
+    if spec.interactions:
+        u, v = (_view_matrix(cache, view, layer, rows) for view in NLI_VIEWS)
+        parts += [np.abs(u - v), u * v]
+    return np.concatenate(parts, axis=1)
+
+
 # --------------------------------------------------------------------------------------------
 # The grid point
 # --------------------------------------------------------------------------------------------
 
 
+def entity_accuracy(y_true: Sequence, y_pred: Sequence, outside: str = NER_OUTSIDE) -> float:
+    """Accuracy on the words whose gold label is not ``outside`` (nan if there are none)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    entity = y_true != outside
+    return float(np.mean(y_pred[entity] == y_true[entity])) if entity.any() else math.nan
+
+
+def score_predictions(task: str, y_true: Sequence, y_pred: Sequence) -> dict[str, float]:
+    """Task measures of one set of predictions: accuracy, macro_f1 (+ entity_accuracy, NER).
+
+    ``macro_f1`` averages over the labels present in the gold or predicted labels
+    (scikit-learn's ``f1_score(average="macro", zero_division=0)``).
+    """
+    out = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+    if task == "ner":
+        out["entity_accuracy"] = entity_accuracy(y_true, y_pred)
+    return out
+
+
+def control_scores(
+    task: str, split: _Split, task_scores: dict[str, float], control_pred: np.ndarray
+) -> dict[str, float]:
+    """Control measures and selectivities of one split, from the control probe's predictions.
+
+    NER entity words are those whose gold task label is not ``O`` (the same words as
+    ``entity_accuracy``), scored against their control labels.
+    """
+    acc = float(accuracy_score(split.control, control_pred))
+    out = {"control_accuracy": acc, "selectivity": task_scores["accuracy"] - acc}
+    if task == "ner":
+        f1 = float(f1_score(split.control, control_pred, average="macro", zero_division=0))
+        entity = split.labels != NER_OUTSIDE
+        ent = (
+            float(np.mean(np.asarray(control_pred)[entity] == split.control[entity]))
+            if entity.any()
+            else math.nan
+        )
+        out["control_macro_f1"] = f1
+        out["selectivity_macro_f1"] = task_scores["macro_f1"] - f1
+        out["control_entity_accuracy"] = ent
+        out["selectivity_entity"] = task_scores["entity_accuracy"] - ent
+    else:
+        out["control_coverage"] = split.coverage
+    return out
+
+
+def _fit(
+    name: str, settings: dict, C: float | None, X: np.ndarray, y: np.ndarray, split: _Split
+) -> Any:
+    model = make_probe(name, settings, C=C)
+    # Only sequence probes take groups (the sentence of each word).
+    model.fit(X, y, **({} if split.groups is None else {"groups": split.groups}))
+    return model
+
+
+def _predict(model: Any, X: np.ndarray, split: _Split) -> np.ndarray:
+    return np.asarray(
+        model.predict(X, **({} if split.groups is None else {"groups": split.groups}))
+    )
+
+
 def _probe_one_layer(
     layer: int,
+    task: str,
     X_train: np.ndarray,
+    X_dev: np.ndarray | None,
     X_test: np.ndarray,
     train: _Split,
+    dev: _Split | None,
     test: _Split,
     settings: dict,
 ) -> list[tuple[int, str, str, float]]:
@@ -1024,20 +1359,34 @@ def _probe_one_layer(
     from threadpoolctl import threadpool_limits
 
     out: list[tuple[int, str, str, float]] = []
-    groups = {"groups_train": train.groups, "groups_test": test.groups}
+    scored = [("", X_test, test)] + ([("dev_", X_dev, dev)] if dev is not None else [])
     # One BLAS thread per layer: identical arithmetic for any n_jobs, no oversubscription.
     with threadpool_limits(limits=1):
         for name in settings["probes"]:
-            scores = probe_layer(
-                X_train, train.labels, X_test, test.labels, name, settings, **groups
-            )
-            out += [(layer, name, m, v) for m, v in scores.items()]
-            if train.control is not None and test.control is not None:
-                ctrl = probe_layer(
-                    X_train, train.control, X_test, test.control, name, settings, **groups
-                )
-                out.append((layer, name, "control_accuracy", ctrl["accuracy"]))
-                out.append((layer, name, "selectivity", scores["accuracy"] - ctrl["accuracy"]))
+            grid = settings[name]["C"] if name in C_PROBES else None
+            C = None
+            if isinstance(grid, list):
+                # Per-layer choice on probe-dev; strict ">" keeps the smaller C on ties.
+                best = -math.inf
+                for candidate in grid:
+                    fitted = _fit(name, settings, candidate, X_train, train.labels, train)
+                    pred = _predict(fitted, X_dev, dev)
+                    f1 = float(f1_score(dev.labels, pred, average="macro", zero_division=0))
+                    if f1 > best:
+                        best, C, model = f1, candidate, fitted
+            else:
+                model = _fit(name, settings, None, X_train, train.labels, train)
+            ctrl_model = None
+            if train.control is not None:
+                # The same probe, layer and C on the control task.
+                ctrl_model = _fit(name, settings, C, X_train, train.control, train)
+            for prefix, X, split in scored:
+                scores = score_predictions(task, split.labels, _predict(model, X, split))
+                if ctrl_model is not None:
+                    scores |= control_scores(task, split, scores, _predict(ctrl_model, X, split))
+                out += [(layer, name, prefix + m, v) for m, v in scores.items()]
+            if C is not None:
+                out.append((layer, name, "chosen_C", float(C)))
         mdl = settings["mdl"]
         if mdl["enabled"]:
             n_classes = len(np.unique(train.labels))
@@ -1058,13 +1407,16 @@ def _probe_one_layer(
 
 def run_probes(
     task: str,
-    train_cache: str | Path,
+    probe_cache: str | Path,
     test_cache: str | Path,
     point: dict,
     settings: dict,
     *,
-    train_words: Sequence[str] | None = None,
+    dev_ids: Iterable[str] | None = None,
+    probe_words: Sequence[str] | None = None,
     test_words: Sequence[str] | None = None,
+    probe_hypotheses: Mapping[str, str] | Sequence[str] | None = None,
+    test_hypotheses: Mapping[str, str] | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Probe every layer of a model's hidden states at one grid point.
 
@@ -1072,26 +1424,38 @@ def run_probes(
     ----------
     task
         ``"nli"`` or ``"ner"``.
-    train_cache, test_cache
-        Cache folders (contract layout) of the train and test split; probes are trained on
-        the first and scored on the second.
+    probe_cache, test_cache
+        Cache folders (contract layout) of the probe pool and of the test split. Probes are
+        fitted on the probe-train rows (probe-pool items not in ``dev_ids``) and scored on
+        the test rows and on the probe-dev rows.
     point
         ``{"task", "model", "fraction", "seed"}`` copied into every row (``fraction`` may be
         ``"random"`` for the random-weights baseline).
     settings
         Keys of :data:`DEFAULT_SETTINGS`: probes, linear {C, max_iter}, mlp {hidden, alpha,
-        max_iter}, svm {C, gamma}, bilstm_crf {hidden, epochs, lr, batch_size}, selectivity,
-        mdl (bool or {enabled, probe, portions, C_grid}), seed, max_train_items,
-        max_test_items, n_jobs (layers in parallel; results do not depend on it).
-    train_words, test_words
+        max_iter}, svm {C, gamma}, bilstm_crf {hidden, epochs, lr, batch_size},
+        nli_features, nli_interactions, selectivity, nli_control, mdl (bool or {enabled,
+        probe, portions, C_grid}), seed, max_train_items / max_test_items (optional caps on
+        probe-train and test items, off by default), n_jobs (layers in parallel; results do
+        not depend on it). ``linear.C`` / ``svm.C`` may be lists (searched on probe-dev).
+    dev_ids
+        Item ids of the probe pool's probe-dev items; None: no probe-dev rows (and no C
+        search).
+    probe_words, test_words
         NER selectivity only, when the cache meta has no ``"words"``: the word string of every
         cached word row (length = number of cached words).
+    probe_hypotheses, test_hypotheses
+        NLI lexical control only, when the cache meta has no ``"hypotheses"``: the hypothesis
+        texts, as a mapping item id -> text or a sequence in cache order.
 
     Returns
     -------
-    Long table with columns task, model, fraction, seed, layer, probe, measure, value; per
-    layer and probe: accuracy, macro_f1 (+ control_accuracy, selectivity); per layer for the
-    MDL probe: codelength (bits), compression.
+    Long table with columns task, model, fraction, seed, layer, probe, features, measure,
+    value. Per layer and probe, on test: accuracy, macro_f1 (NER: + entity_accuracy); with
+    selectivity, control_accuracy, selectivity (NER: + control_macro_f1,
+    selectivity_macro_f1, control_entity_accuracy, selectivity_entity; NLI lexical control:
+    + control_coverage); the same on probe-dev prefixed ``dev_``; chosen_C where C is a
+    list. Per layer for the MDL probe: codelength (bits), compression.
     """
     from joblib import Parallel, delayed
 
@@ -1110,39 +1474,77 @@ def run_probes(
                 f"config key probe.probes: {wrong} read word sequences and apply to NER only; "
                 "leave them out for nli"
             )
-    paths = (Path(train_cache), Path(test_cache))
-    train_c, test_c = open_cache(paths[0]), open_cache(paths[1])
-    _check_caches(task, train_c, test_c, paths)
-    n_layers = int(train_c.n_layers)
-    train = _select(
-        task, train_c, paths[0], s["max_train_items"], s["seed"], s["selectivity"], train_words
-    )
-    test = _select(
-        task, test_c, paths[1], s["max_test_items"], s["seed"], s["selectivity"], test_words
+    paths = (Path(probe_cache), Path(test_cache))
+    probe_c, test_c = open_cache(paths[0]), open_cache(paths[1])
+    spec = _check_caches(task, probe_c, test_c, paths, s)
+    n_layers = int(probe_c.n_layers)
+
+    # Probe pool -> probe-train / probe-dev by item id; the optional caps apply to probe-train
+    # and test only, so the dev set is the same whatever they are.
+    pool_ids = _item_ids(probe_c, paths[0])
+    dev_set = {str(i) for i in dev_ids} if dev_ids is not None else set()
+    is_dev = np.array([i in dev_set for i in pool_ids], dtype=bool)
+    if dev_set and not is_dev.any():
+        raise FinescopeError(
+            f"{paths[0]}: none of the {len(dev_set)} dev_ids is an item of the probe cache"
+        )
+    train_items = np.flatnonzero(~is_dev)
+    kept = sample_item_indices([pool_ids[i] for i in train_items], s["max_train_items"], s["seed"])
+    train_items, dev_items = train_items[kept], np.flatnonzero(is_dev)
+    test_items = sample_item_indices(_item_ids(test_c, paths[1]), s["max_test_items"], s["seed"])
+    searched = [p for p in s["probes"] if p in C_PROBES and isinstance(s[p]["C"], list)]
+    if searched and not len(dev_items):
+        raise FinescopeError(
+            f"config keys {[f'probe.{p}.C' for p in searched]}: a list of C values is chosen "
+            "on probe-dev items, but there are none (dev_ids not given); give one number"
+        )
+
+    control = s["selectivity"] and (task == "ner" or s["nli_control"] == "lexical")
+    words = (probe_words, probe_words, test_words)
+    hyps = (probe_hypotheses, probe_hypotheses, test_hypotheses)
+    train, dev, test = (
+        _select(task, cache, path, items, control, w, h, arg)
+        for cache, path, items, w, h, arg in zip(
+            (probe_c, probe_c, test_c),
+            (paths[0], paths[0], paths[1]),
+            (train_items, dev_items, test_items),
+            words,
+            hyps,
+            ("probe", "probe", "test"),
+            strict=True,
+        )
     )
     if len(train.rows) == 0 or len(test.rows) == 0:
         raise FinescopeError(f"{paths[0]} / {paths[1]}: no rows to probe")
+    dev = dev if len(dev.rows) else None
+    if control:
+        # One control task for the whole grid point: key (word type / hypothesis type) ->
+        # label, drawn from the probe-train labels, the same map in every split.
+        for split in (train, dev, test):
+            if split is not None:
+                split.control = selectivity_control_labels(split.keys, train.labels, s["seed"])
+                split.coverage = control_coverage(split.keys, train.keys)
     log.info(
-        "probing %s %s: %d layers, %d train rows, %d test rows, probes %s",
+        "probing %s %s: %d layers, %d probe-train, %d probe-dev, %d test rows, probes %s, "
+        "features %s",
         task,
         point,
         n_layers,
         len(train.rows),
+        0 if dev is None else len(dev.rows),
         len(test.rows),
         s["probes"],
+        spec.name,
     )
-    if s["selectivity"]:
-        # One control task for the whole grid point: keys (word type / item id) -> label.
-        train.control = selectivity_control_labels(train.keys, train.labels, s["seed"])
-        test.control = selectivity_control_labels(test.keys, train.labels, s["seed"])
 
     def layer_jobs():
         # Layers are read here, one at a time and only as workers free up (memory stays at a
         # few layers); workers get plain arrays and never open the caches themselves.
         for layer in range(n_layers):
-            X_train = _features(task, train_c, layer, train.rows)
-            X_test = _features(task, test_c, layer, test.rows)
-            yield layer, X_train, X_test, train, test, s
+            X_train = layer_features(probe_c, layer, train.rows, spec)
+            X_dev = None if dev is None else layer_features(probe_c, layer, dev.rows, spec)
+            X_test = layer_features(test_c, layer, test.rows, spec)
+            yield layer, task, X_train, X_dev, X_test, train, dev, test, s
 
     if s["n_jobs"] == 1:
         results = [_probe_one_layer(*job) for job in layer_jobs()]
@@ -1156,6 +1558,7 @@ def run_probes(
     table.insert(1, "model", point["model"])
     table.insert(2, "fraction", point["fraction"])
     table.insert(3, "seed", point["seed"])
+    table.insert(6, "features", spec.name)
     table["layer"] = table["layer"].astype(int)
     table["value"] = table["value"].astype(float)
     return table[COLUMNS]
