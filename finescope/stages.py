@@ -132,6 +132,7 @@ def probe(
     probe_cache: str,
     test_cache: str,
     pool_path: str,
+    test_path: str,
     point: dict,
     settings: dict,
     out_csv: str,
@@ -141,9 +142,16 @@ def probe(
 
     # Layers in parallel, one per thread of the job; the scores do not depend on it.
     settings = {**settings, "n_jobs": n_jobs}
-    dev_ids = [str(i["id"]) for i in io.read_jsonl(pool_path) if i.get("probe_split") == "dev"]
+    pool = io.read_jsonl(pool_path)
+    kwargs: dict = {"dev_ids": [str(i["id"]) for i in pool if i.get("probe_split") == "dev"]}
+    if point["task"] == "nli":
+        # The lexical control task keys each pair by a word of its hypothesis.
+        kwargs["probe_hypotheses"] = {str(i["id"]): i["hypothesis"] for i in pool}
+        kwargs["test_hypotheses"] = {
+            str(i["id"]): i["hypothesis"] for i in io.read_jsonl(test_path)
+        }
     table = run_probes(
-        point["task"], Path(probe_cache), Path(test_cache), point, settings, dev_ids=dev_ids
+        point["task"], Path(probe_cache), Path(test_cache), point, settings, **kwargs
     )
     write_csv(table, out_csv)
 

@@ -3,6 +3,7 @@ rule probe:
         probe="results/cache/{task}/{model}/f{fraction}/s{seed}/probe",
         test="results/cache/{task}/{model}/f{fraction}/s{seed}/test",
         pool="results/data/{task}/probe.jsonl",
+        test_items="results/data/{task}/test.jsonl",
     output:
         "results/probe/{task}/{model}/f{fraction}/s{seed}.csv",
     log:

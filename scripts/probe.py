@@ -5,6 +5,7 @@ with stages.logged(snakemake.log[0], threads=snakemake.threads):
         snakemake.input.probe,
         snakemake.input.test,
         snakemake.input.pool,
+        snakemake.input.test_items,
         snakemake.params.point,
         snakemake.params.settings,
         snakemake.output[0],
