@@ -66,12 +66,16 @@ correlated.
     It mixes the fraction effect with everything else; it gets no q-value, belongs to no BH
     family and is never reported as a finding.
 
-Spearman is computed on ranks taken over all points of the test (average ranks for ties),
-then centred within cells; Pearson on the raw values centred within cells. Ranking before
-centring keeps the coefficient invariant to any increasing transform of x or y (the defining
-property of a rank correlation); centring raw values first and ranking the residuals would
-not be. Both are the correlation of the within-cell deviations, i.e. a partial correlation given
-the cell indicators.
+Pearson is the correlation of the values centred within cells. Spearman is Spearman's rho of
+those within-cell deviations (average ranks of the deviations over all points of the test, then
+their Pearson correlation): an aligned-rank statistic. Ranking the raw values first and centring
+the ranks within cells would be invariant to increasing transforms of x and y, but where the
+fraction separates the cells (the usual case) it reduces each cell to the order of its few
+seeds and discards how far they differ: in simulated grids (4 fractions x 3 seeds, x and y
+sharing a within-fraction component with correlation 0.89) it detected the link in 75 % of grids
+against 88 % for the aligned ranks (Pearson 92 %), with the same null rejection rate (about 4 %
+at the 5 % level, also under heavy-tailed noise). Both are partial correlations given the cell
+indicators, and the permutation null below is exact for either.
 
 ``n`` counts the grid points that enter a test: points with both values, in cells holding at
 least two of them (a lone seed has no within-cell deviation and carries no information).
@@ -1026,13 +1030,20 @@ def _permutations(cells: Cells, n_perm: int, rng: np.random.Generator) -> tuple[
 
 
 def _centred_inputs(x: np.ndarray, y: np.ndarray, cells: Cells, method: str) -> tuple:
-    if method == "spearman":
-        # Average ranks (ties share their mean rank), as scipy.stats.rankdata.
-        ones = np.ones((1, len(x)))
-        x, y = _weighted_ranks(ones, x)[0], _weighted_ranks(ones, y)[0]
-    elif method != "pearson":
+    """The two series a test correlates (both with mean 0).
+
+    Pearson: values centred within cells. Spearman: average ranks of those within-cell
+    deviations, centred (so their plain Pearson correlation is Spearman's rho of the
+    deviations).
+    """
+    if method not in METHODS:
         raise FinescopeError(f"unknown correlation method {method!r}; use {METHODS}.")
-    return cells.centre(x), cells.centre(y)
+    a, b = cells.centre(x), cells.centre(y)
+    if method == "spearman":
+        ones = np.ones((1, len(a)))
+        a, b = _weighted_ranks(ones, a)[0], _weighted_ranks(ones, b)[0]
+        a, b = a - a.mean(), b - b.mean()
+    return a, b
 
 
 def _permutation_p(
@@ -1127,6 +1138,24 @@ def _weighted_ranks(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     return (below + (counts + 1.0) / 2.0)[:, group_of]
 
 
+def _row_ranks(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Average rank of each point among the copies drawn in its resample.
+
+    weights (B, n) counts, values (B, n). Rank of i = (copies with a smaller value) +
+    (copies with an equal value + 1) / 2; the (B, n, n) comparison is small for the grids here.
+    """
+    less = (values[:, None, :] < values[:, :, None]).astype(float)
+    equal = (values[:, None, :] == values[:, :, None]).astype(float)
+    below = np.einsum("bij,bj->bi", less, weights)
+    tied = np.einsum("bij,bj->bi", equal, weights)
+    return below + (tied + 1.0) / 2.0
+
+
+def _centre_rows(weights: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Deviation from the weighted mean of each resample (rows of weights sum to n)."""
+    return a - (np.einsum("bi,bi->b", weights, a) / weights.sum(axis=1))[:, None]
+
+
 def _weighted_cell_centre(weights: np.ndarray, a: np.ndarray, cells: Cells) -> np.ndarray:
     """Deviation from the weighted cell mean inside each resample. a (n,) or (B, n)."""
     indicator = np.zeros((cells.n, cells.n_cells))
@@ -1184,14 +1213,14 @@ def _bootstrap_sorted(
 ) -> np.ndarray:
     if weights is None:
         weights = _stratified_weights(cells, n_boot, rng)
-    if method == "spearman":
-        a, b = _weighted_ranks(weights, x), _weighted_ranks(weights, y)
-    elif method == "pearson":
-        a, b = x, y
-    else:
+    if method not in METHODS:
         raise FinescopeError(f"unknown correlation method {method!r}; use {METHODS}.")
-    da = _weighted_cell_centre(weights, a, cells)
-    db = _weighted_cell_centre(weights, b, cells)
+    da = _weighted_cell_centre(weights, x, cells)
+    db = _weighted_cell_centre(weights, y, cells)
+    if method == "spearman":
+        da = _centre_rows(weights, _row_ranks(weights, da))
+        db = _centre_rows(weights, _row_ranks(weights, db))
+    a, b = da, db
     sab = np.einsum("bi,bi,bi->b", weights, da, db)
     saa = np.einsum("bi,bi,bi->b", weights, da, da)
     sbb = np.einsum("bi,bi,bi->b", weights, db, db)
@@ -1411,9 +1440,7 @@ def _scope_data(features: pd.DataFrame, scope: str, depth_bins: int) -> pd.DataF
     return data.assign(_cell=cell.to_numpy())
 
 
-def scope_points(
-    features: pd.DataFrame, row: Any, depth_bins: int = DEPTH_BINS
-) -> pd.DataFrame:
+def scope_points(features: pd.DataFrame, row: Any, depth_bins: int = DEPTH_BINS) -> pd.DataFrame:
     """The grid points behind one correlation row and the centred values it correlates.
 
     Parameters
@@ -1477,50 +1504,49 @@ def _correlate_features(
     out: list[dict[str, Any]] = []
     if features.empty:
         return _empty_correlations()
-    for task in sorted(features["task"].unique()):
-        task_features = features[features["task"] == task]
-        for scope in [sc for sc in SCOPES if sc in scopes]:
-            data = _scope_data(task_features, scope, s["depth_bins"])
-            keys = ["model", "measure_source", "probe", "measure", "_slot"]
-            x_all = data["x"].to_numpy(float)
-            y_all = data["score"].to_numpy(float)
-            cell_all = pd.factorize(data["_cell"])[0]
-            layer_all = data["layer"].to_numpy(object)
-            depth_all = data["depth"].to_numpy(float)
-            grouped = data.groupby(keys, dropna=False, sort=False).indices
-            for key, idx in grouped.items():
-                model, source, probe, measure, slot = key
-                probe = None if pd.isna(probe) else str(probe)
-                label = "|".join(map(str, (task, scope, model, source, probe, measure, slot)))
-                crc = zlib.crc32(label.encode())
-                layer = layer_all[idx[0]]
-                for row in _test_rows(
-                    x_all[idx],
-                    y_all[idx],
-                    cell_all[idx],
-                    scope,
-                    s["methods"],
-                    n_boot=s["n_boot"],
-                    n_perm=s["n_perm"],
-                    rng_boot=np.random.default_rng([s["seed"], crc, 0]),
-                    rng_perm=np.random.default_rng([s["seed"], crc, 1]),
-                    ci=s["ci"],
-                    min_n=s["min_n"],
-                ):
-                    out.append(
-                        {
-                            "task": task,
-                            "scope": scope,
-                            "family": f"{task}/{scope}" if scope in TESTED_SCOPES else "",
-                            "model": str(model),
-                            "measure_source": source,
-                            "probe": probe,
-                            "measure": measure,
-                            "layer": None if pd.isna(layer) else str(layer),
-                            "depth": depth_all[idx[0]],
-                            **row,
-                        }
-                    )
+    for scope in [sc for sc in SCOPES if sc in scopes]:
+        # One pass over all tasks: the per-task frame work dominates small grids otherwise.
+        data = _scope_data(features, scope, s["depth_bins"])
+        keys = ["task", "model", "measure_source", "probe", "measure", "_slot"]
+        x_all = data["x"].to_numpy(float)
+        y_all = data["score"].to_numpy(float)
+        cell_all = pd.factorize(data["_cell"])[0]
+        layer_all = data["layer"].to_numpy(object)
+        depth_all = data["depth"].to_numpy(float)
+        grouped = data.groupby(keys, dropna=False, sort=False).indices
+        for key, idx in grouped.items():
+            task, model, source, probe, measure, slot = key
+            probe = None if pd.isna(probe) else str(probe)
+            label = "|".join(map(str, (task, scope, model, source, probe, measure, slot)))
+            crc = zlib.crc32(label.encode())
+            layer = layer_all[idx[0]]
+            for row in _test_rows(
+                x_all[idx],
+                y_all[idx],
+                cell_all[idx],
+                scope,
+                s["methods"],
+                n_boot=s["n_boot"],
+                n_perm=s["n_perm"],
+                rng_boot=np.random.default_rng([s["seed"], crc, 0]),
+                rng_perm=np.random.default_rng([s["seed"], crc, 1]),
+                ci=s["ci"],
+                min_n=s["min_n"],
+            ):
+                out.append(
+                    {
+                        "task": str(task),
+                        "scope": scope,
+                        "family": f"{task}/{scope}" if scope in TESTED_SCOPES else "",
+                        "model": str(model),
+                        "measure_source": source,
+                        "probe": probe,
+                        "measure": measure,
+                        "layer": None if pd.isna(layer) else str(layer),
+                        "depth": depth_all[idx[0]],
+                        **row,
+                    }
+                )
     if not out:
         return _empty_correlations()
     result = pd.DataFrame(out)

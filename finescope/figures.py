@@ -711,7 +711,7 @@ def _panels(view: pd.DataFrame, scope: str | None) -> list[tuple[str, str, str]]
     out = []
     for task in sorted(view["task"].unique()):
         part = view[view["task"] == task]
-        for sc in analysis.TESTED_SCOPES:
+        for sc in ("pooled", "within_model"):
             if scope is not None and sc != scope:
                 continue
             for model in sorted(part.loc[part["scope"] == sc, "model"].unique()):
@@ -753,6 +753,7 @@ def plot_correlation_heatmap(
     if not panels:
         return _no_data(stem, title)
     cmap = sns.color_palette("vlag", as_cmap=True)
+    any_weak = False
     heights, widths = [], []
     for task, sc, model in panels:
         part = view[(view["task"] == task) & (view["scope"] == sc) & (view["model"] == model)]
@@ -800,8 +801,11 @@ def plot_correlation_heatmap(
                 if sc == "pooled"
                 else f"within {model} (fraction levels)"
             )
-            note = " · hatched = underpowered" if weak.any() else ""
-            ax.set_title(f"{task} · {where}   (* q < {SIGNIFICANCE}, grey = none{note})")
+            any_weak |= bool(weak.any())
+            ax.set_title(f"{task} · {where}")
+            ax.tick_params(axis="x", labelrotation=35)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
             ax.set_xlabel(
                 "relative-depth bin or aggregate"
                 if sc == "pooled"
@@ -814,7 +818,10 @@ def plot_correlation_heatmap(
             shrink=0.6,
             label=f"{method} coefficient (seeds, cell means removed)",
         )
-        fig.suptitle(title)
+        legend = f"* q < {SIGNIFICANCE} (BH within task × scope) · grey = no coefficient"
+        if any_weak:
+            legend += " · hatched = underpowered (no q)"
+        fig.suptitle(f"{title}\n{legend}")
     return _save(fig, stem)
 
 
@@ -913,11 +920,11 @@ def plot_top_scatter(
     Returns
     -------
     list[pathlib.Path]
-        One panel per task: the values the coefficient was computed on (Spearman: ranks, then
-        centred within cells; Pearson: values centred within cells). Colour = model, marker =
+        One panel per task: the values the coefficient was computed on (Pearson: values
+        centred within cells; Spearman: ranks of those deviations). Colour = model, marker =
         fraction; one point per grid point. When every test is underpowered the image says so.
     """
-    title = "Downstream score vs the top internal measure, cell means removed"
+    title = "Top test: score vs measure, cell means removed"
     top = top_correlations(correlations, scope, method)
     if top.empty:
         reason = (
@@ -935,7 +942,7 @@ def plot_top_scatter(
     palette = dict(palette or model_palette(features["model"]))
     fractions = sorted(features["fraction"].unique())
     marker_of = {f: MARKERS[k % len(MARKERS)] for k, f in enumerate(fractions)}
-    kind = "rank" if method == "spearman" else "value"
+    spearman = method == "spearman"
     with matplotlib.rc_context(_RC), sns.axes_style("whitegrid"):
         fig = _new_figure(4.3 * len(top) + 2.2, 3.9)
         axes = fig.subplots(1, len(top), squeeze=False)
@@ -961,8 +968,12 @@ def plot_top_scatter(
                 where = f"depth bin {row.depth:.2f}"
             cell = "fraction level" if row.scope == "within_model" else "model × fraction cell"
             label = analysis.feature_label(row.measure_source, row.probe, row.measure)
-            ax.set_xlabel(f"{label} ({where}), {kind} − {cell} mean", fontsize=8)
-            ax.set_ylabel(f"downstream score {kind} − {cell} mean", fontsize=8)
+            if spearman:
+                ax.set_xlabel(f"rank of {label} ({where}) − {cell} mean", fontsize=8)
+                ax.set_ylabel(f"rank of downstream score − {cell} mean", fontsize=8)
+            else:
+                ax.set_xlabel(f"{label} ({where}) − {cell} mean", fontsize=8)
+                ax.set_ylabel(f"downstream score − {cell} mean", fontsize=8)
             scope_words = f"within {row.model}" if row.scope == "within_model" else "pooled"
             ax.set_title(
                 f"{row.task}, {scope_words}: {method} {row.coefficient:+.2f}\n"
