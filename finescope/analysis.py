@@ -77,6 +77,10 @@ against 88 % for the aligned ranks (Pearson 92 %), with the same null rejection 
 at the 5 % level, also under heavy-tailed noise). Both are partial correlations given the cell
 indicators, and the permutation null below is exact for either.
 
+Grid points of one cell are exchangeable replicates; the same seed number at different
+fractions or models is not treated as a link (each grid point is its own cluster within its
+cell).
+
 ``n`` counts the grid points that enter a test: points with both values, in cells holding at
 least two of them (a lone seed has no within-cell deviation and carries no information).
 ``n_clusters`` counts those cells and ``df = n - n_clusters - 1`` is the residual degrees of
