@@ -1,5 +1,5 @@
 """Downstream scores of a fine-tuned model: sentence-pair classification (NLI) and entity-level
-named-entity recognition (NER, strict IOB2).
+named-entity recognition (NER: strict IOB2 and conlleval-style entity F1).
 
 Every function returns plain Python numbers, lists and dicts so the result can be written to
 JSON and stored in a checkpoint as is.
@@ -11,6 +11,9 @@ import warnings
 from collections.abc import Sequence
 
 from seqeval.metrics import classification_report
+from seqeval.metrics import f1_score as entity_f1_score
+from seqeval.metrics import precision_score as entity_precision
+from seqeval.metrics import recall_score as entity_recall
 from seqeval.scheme import IOB2
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
@@ -73,11 +76,15 @@ def nli_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[s
 
 
 def ner_metrics(tags_true: Sequence[Sequence[str]], tags_pred: Sequence[Sequence[str]]) -> dict:
-    """Entity-level precision, recall and F1 (exact span and type match, strict IOB2) and token
-    accuracy.
+    """Entity-level precision, recall and F1 (exact span and type match) and token accuracy.
 
-    In strict mode an entity must start with ``B-``: a stray ``I-X`` after ``O`` or after an
-    entity of another type is not an entity (neither in the gold nor in the predictions).
+    Two entity scores are given. Strict IOB2 (``f1``, the primary score): an entity must start
+    with ``B-``; a stray ``I-X`` after ``O`` or after an entity of another type is not an entity
+    (neither in the gold nor in the predictions), so a decoder that opens an entity with ``I-X``
+    gets that entity counted as missed. Conlleval-style (``f1_conlleval``, seqeval's default
+    mode, as the conlleval script and most published NER numbers): such an ``I-X`` starts a new
+    entity. The two differ only where a sequence has invalid starts; ``invalid_starts`` counts
+    them in the predictions (an ``I-X`` whose previous tag is neither ``B-X`` nor ``I-X``).
 
     Parameters
     ----------
@@ -88,7 +95,9 @@ def ner_metrics(tags_true: Sequence[Sequence[str]], tags_pred: Sequence[Sequence
     -------
     dict
         ``task`` ("ner"), ``primary`` ("f1"), ``score`` (= f1), ``precision``, ``recall``,
-        ``f1`` (micro-averaged over entities), ``per_type`` (type -> {precision, recall, f1,
+        ``f1`` (strict IOB2, micro-averaged over entities), ``precision_conlleval``,
+        ``recall_conlleval``, ``f1_conlleval`` (conlleval-style), ``invalid_starts`` (predicted
+        ``I-`` tags that open an entity), ``per_type`` (strict; type -> {precision, recall, f1,
         support}), ``token_accuracy`` (fraction of tokens whose tag is right), ``n`` (sentences)
         and ``n_tokens``.
     """
@@ -110,6 +119,7 @@ def ner_metrics(tags_true: Sequence[Sequence[str]], tags_pred: Sequence[Sequence
         for g, p in zip(gold, pred, strict=True)
     )
     report: dict = {}
+    conlleval = dict.fromkeys(("precision", "recall", "f1"), 0.0)
     if n_tokens:
         # Without any entity seqeval averages empty arrays; the zeros below are what we want.
         with warnings.catch_warnings():
@@ -117,6 +127,12 @@ def ner_metrics(tags_true: Sequence[Sequence[str]], tags_pred: Sequence[Sequence
             report = classification_report(
                 tags_true, tags_pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0
             )
+            for key, fn in (
+                ("precision", entity_precision),
+                ("recall", entity_recall),
+                ("f1", entity_f1_score),
+            ):
+                conlleval[key] = float(fn(tags_true, tags_pred, mode=None, zero_division=0))
     summary = {"precision", "recall", "f1-score", "support"}
     per_type = {
         name: {
@@ -139,8 +155,35 @@ def ner_metrics(tags_true: Sequence[Sequence[str]], tags_pred: Sequence[Sequence
         "precision": precision,
         "recall": recall,
         "f1": f1,
+        "precision_conlleval": conlleval["precision"],
+        "recall_conlleval": conlleval["recall"],
+        "f1_conlleval": conlleval["f1"],
+        "invalid_starts": sum(invalid_starts(tags) for tags in tags_pred),
         "per_type": per_type,
         "token_accuracy": float(correct / n_tokens) if n_tokens else 0.0,
         "n": len(tags_true),
         "n_tokens": n_tokens,
     }
+
+
+def invalid_starts(tags: Sequence[str]) -> int:
+    """Number of ``I-X`` tags whose previous tag is neither ``B-X`` nor ``I-X``.
+
+    Parameters
+    ----------
+    tags
+        IOB2 tags of one sentence.
+
+    Returns
+    -------
+    int
+        Strict IOB2 scoring drops the entity such a tag would open; conlleval-style scoring
+        counts it.
+    """
+    count, previous = 0, "O"
+    for tag in tags:
+        continues = previous.startswith(("B-", "I-")) and previous[2:] == tag[2:]
+        if tag.startswith("I-") and not continues:
+            count += 1
+        previous = tag
+    return count

@@ -16,23 +16,21 @@ import pandas as pd
 from finescope import analysis
 from finescope.io import atomic_path
 
-# Below this many points a correlation is flagged as descriptive only.
-SMALL_N = 10
 SIGNIFICANCE = 0.05
 
 _LAYER_WORDS = {
-    "best": "at its best layer",
+    "best_layer": "at the layer with the best probe-dev score (test value)",
+    "best_layer_depth": "(relative depth of the layer with the best probe-dev score)",
+    "most_changed": "at the layer fine-tuning changed most",
+    "most_changed_depth": "(relative depth of the layer fine-tuning changed most)",
     "mean": "averaged over layers",
     "last": "at the last layer",
-    "best_depth": "(relative depth of its best layer)",
 }
 _SCOPE_WORDS = {
-    "across": "pooled over all models, fractions and seeds",
-    "seeds_averaged": "over models and fractions, seeds averaged",
-    "within_model": "within model {model}, across fractions and seeds",
-    "partial": "pooled, controlling for the fraction of training data",
+    "within_model": "within {model}, across seeds at the same fraction",
+    "pooled": "pooled over models, across seeds within each model × fraction cell",
 }
-_METHOD_SYMBOL = {"spearman": "Spearman ρ", "pearson": "Pearson r", "kendall": "Kendall τ"}
+_METHOD_SYMBOL = {"spearman": "Spearman ρ", "pearson": "Pearson r"}
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -196,10 +194,20 @@ def _downstream_section(tidy: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _where(row: Any) -> str:
+    layer = row.layer
+    if isinstance(layer, str) and layer in _LAYER_WORDS:
+        return _LAYER_WORDS[layer]
+    if isinstance(layer, str) and layer:
+        depth = f" (relative depth {row.depth:.2f})" if math.isfinite(row.depth) else ""
+        return f"at layer {layer}{depth}"
+    if math.isfinite(row.depth):
+        return f"in the relative-depth bin centred at {row.depth:.2f} (layers averaged)"
+    return ""
+
+
 def _describe(row: Any) -> str:
     feature = analysis.feature_label(row.measure_source, row.probe, row.measure)
-    layer = str(row.layer)
-    where = _LAYER_WORDS.get(layer, f"at layer {layer}")
     scope = _SCOPE_WORDS.get(row.scope, row.scope).format(model=row.model)
     symbol = _METHOD_SYMBOL.get(row.method, row.method)
     ci = (
@@ -207,34 +215,83 @@ def _describe(row: Any) -> str:
         if math.isfinite(row.ci_low) and math.isfinite(row.ci_high)
         else "no bootstrap interval"
     )
-    text = (
+    return (
         f"{symbol} = {row.coefficient:+.3f} between the downstream score and {feature} "
-        f"{where}, {scope} ({ci}, {_fmt_p(row.p_value)}, {_fmt_q(row.q_value)}, n = {row.n})."
+        f"{_where(row)}, {scope} ({ci}, {_fmt_p(row.p_value)}, {_fmt_q(row.q_value)}, "
+        f"n = {row.n} grid points in {row.n_clusters} cells)."
     )
-    if row.n < SMALL_N:
-        text += (
-            f" Caution: only {row.n} points; a coefficient this size can arise by chance and "
-            "should be read as descriptive."
+
+
+def findings(correlations: pd.DataFrame) -> pd.DataFrame:
+    """Rows that count as findings, best first.
+
+    A finding is a test of a fraction-controlled scope (``analysis.TESTED_SCOPES``) that is not
+    underpowered and has q < 0.05. Ranked by q, then by |coefficient|, then table order.
+
+    Parameters
+    ----------
+    correlations
+        Output of :func:`finescope.analysis.correlate` (or read back from its CSV).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The qualifying rows, columns as ``correlations``.
+    """
+    frame = analysis.normalize_correlations(correlations)
+    frame = frame[
+        frame["scope"].isin(analysis.TESTED_SCOPES)
+        & ~frame["underpowered"]
+        & frame["coefficient"].notna()
+        & (frame["q_value"] < SIGNIFICANCE)
+    ]
+    frame = frame.assign(_abs=-frame["coefficient"].abs())
+    frame = frame.sort_values(["q_value", "_abs"], kind="stable")
+    return frame.drop(columns="_abs")
+
+
+def _scope_counts(part: pd.DataFrame) -> list[str]:
+    lines = []
+    for scope in analysis.TESTED_SCOPES:
+        rows = part[part["scope"] == scope]
+        if rows.empty:
+            continue
+        powered = rows[~rows["underpowered"]]
+        tested = powered[powered["p_value"].notna()]
+        significant = int((tested["q_value"] < SIGNIFICANCE).sum())
+        controls = rows["controls"].iloc[0]
+        lines.append(
+            f"- {scope} (controls: {controls}): {len(rows)} tests, {len(rows) - len(powered)} "
+            f"underpowered, {len(tested)} in the BH family {part['task'].iloc[0]}/{scope}, "
+            f"{significant} with q < {SIGNIFICANCE}."
         )
-    return text
+    return lines
 
 
-def _strongest(frame: pd.DataFrame, top: int) -> pd.DataFrame:
-    frame = frame[frame["coefficient"].notna()]
-    frame = frame.assign(
-        _abs=-frame["coefficient"].abs(),
-        _q=frame["q_value"].fillna(2.0),
-        _layer=[analysis.layer_sort_key(v) for v in frame["layer"]],
-        _probe=frame["probe"].fillna(""),
+def _none_reason(part: pd.DataFrame) -> str:
+    tested = part[part["scope"].isin(analysis.TESTED_SCOPES)]
+    if tested.empty:
+        return "No fraction-controlled test was run for this task."
+    powered = tested[~tested["underpowered"]]
+    if powered.empty:
+        reasons = tested["note"].str.extract(r"underpowered: ([^;]*)")[0].dropna()
+        counts = reasons.value_counts().sort_index()
+        listed = _join([f"{why} ({count} tests)" for why, count in counts.items()])
+        return f"No finding: every test is underpowered: {listed}."
+    with_p = powered[powered["p_value"].notna()]
+    if with_p.empty:
+        return (
+            "No finding: no adequately powered test could be computed (see the notes in "
+            "correlations.csv)."
+        )
+    return (
+        f"No finding: none of the {len(with_p)} adequately powered tests reached "
+        f"q < {SIGNIFICANCE} (smallest q = {with_p['q_value'].min():.3f})."
     )
-    frame = frame.sort_values(
-        ["_abs", "_q", "measure_source", "_probe", "measure", "_layer"], kind="stable"
-    )
-    return frame.head(top)
 
 
 def _correlation_section(correlations: pd.DataFrame, top: int) -> list[str]:
-    lines = ["## Strongest correlations", ""]
+    lines = ["## Findings", ""]
     if correlations is None or correlations.empty:
         lines += [
             "No correlation was computed: no fine-tuned grid point has both a downstream score "
@@ -242,69 +299,40 @@ def _correlation_section(correlations: pd.DataFrame, top: int) -> list[str]:
             "",
         ]
         return lines
+    correlations = analysis.normalize_correlations(correlations)
     lines.append(
-        "Coefficients relate the downstream score of each fine-tuned grid point to an internal "
-        "measure of the same grid point. q-values are Benjamini-Hochberg adjusted over all "
-        "tests of a task; intervals are 95 % bootstrap percentile intervals over grid points."
+        "Each test relates the downstream score to an internal measure after removing the "
+        "amount of training data: within a model, both are centred within each fraction level; "
+        "pooled over models, within each model × fraction cell (layers of different models are "
+        "pooled by relative depth only). What is left are differences between seeds. p-values "
+        "come from permutations within those cells, intervals from a bootstrap that resamples "
+        "seeds within cells, and q-values are Benjamini-Hochberg adjusted within each task × "
+        "scope family. Tests below the minimum number of grid points are underpowered: they "
+        "get no interval or q-value and are never listed as findings. Uncontrolled (raw) "
+        "correlations are descriptive only and are not listed here."
     )
     lines.append("")
     for task in sorted(correlations["task"].unique()):
         part = correlations[correlations["task"] == task]
-        computed = part[part["coefficient"].notna()]
-        significant = int((computed["q_value"] < SIGNIFICANCE).sum())
         lines.append(f"### Task {task}")
         lines.append("")
-        lines.append(
-            f"{len(part)} tests, {len(computed)} with a coefficient, {significant} with "
-            f"q < {SIGNIFICANCE}."
-        )
-        notes = part.loc[part["coefficient"].isna(), "note"].fillna("").replace("", "undefined")
-        if not notes.empty:
-            counts = notes.value_counts().sort_index()
-            lines.append(
-                "Not computable: "
-                + _join([f"{count} ({note})" for note, count in counts.items()])
-                + "."
-            )
+        lines += _scope_counts(part)
         lines.append("")
-        spearman = computed[computed["method"] == "spearman"]
-        groups = [
-            ("Pooled over all grid points", spearman[spearman["scope"] == "across"], top),
-            (
-                "Controlling for the fraction of training data",
-                spearman[spearman["scope"] == "partial"],
-                max(1, top // 2),
-            ),
-        ]
-        any_rows = False
-        for title, frame, k in groups:
-            best = _strongest(frame, k)
-            if best.empty:
-                continue
-            any_rows = True
-            lines.append(f"{title}, the strongest Spearman correlations:")
-            lines.append("")
-            for i, row in enumerate(best.itertuples(index=False), start=1):
-                lines.append(f"{i}. {_describe(row)}")
-            lines.append("")
-        if not any_rows:
-            lines.append(
-                "No Spearman coefficient could be computed for this task (see the notes above)."
-            )
+        found = findings(part)
+        if found.empty:
+            lines.append(_none_reason(part))
             lines.append("")
             continue
-        max_n = int(computed["n"].max()) if not computed.empty else 0
-        if max_n < SMALL_N:
-            lines.append(
-                f"Caution: at most {max_n} grid points enter any coefficient of this task. "
-                "With so few points the p-values, q-values and intervals are rough and the "
-                "coefficients are descriptive, not evidence of a relation."
-            )
-            lines.append("")
+        shown = found.head(top)
+        more = f" (the first {len(shown)} of {len(found)})" if len(found) > len(shown) else ""
+        lines.append(f"Findings with q < {SIGNIFICANCE}, smallest q first{more}:")
+        lines.append("")
+        for i, row in enumerate(shown.itertuples(index=False), start=1):
+            lines.append(f"{i}. {_describe(row)}")
+        lines.append("")
         lines.append(
-            "Correlations across grid points mix the effect of the amount of training data with "
-            "differences between models; the partial and within-model rows of correlations.csv "
-            "separate them. A correlation is not a causal effect."
+            "These are associations between seeds of the same model and fraction, not causal "
+            "effects."
         )
         lines.append("")
     return lines
@@ -329,7 +357,7 @@ def render_summary(
         The grid that was run: keys ``tasks``, ``models``, ``fractions``, ``seeds`` (lists);
         a missing key is read from ``tidy``.
     top
-        Number of strongest pooled correlations listed per task.
+        Number of findings listed per task.
 
     Returns
     -------

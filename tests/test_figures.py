@@ -82,7 +82,9 @@ def assert_valid(paths):
 
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory):
-    tidy, corr = tiny_tables()
+    # Within a model 6 points (underpowered, hatched); pooled 12 points in 4 cells.
+    tidy, corr = tiny_tables(fractions=(50, 100), seeds=(0, 1, 2))
+    assert corr["underpowered"].any() and not corr["underpowered"].all()
     out = tmp_path_factory.mktemp("figures")
     return out, figures.make_all_figures(tidy, corr, out)
 
@@ -137,19 +139,35 @@ def test_palettes_are_stable_and_distinct():
     assert fractions["random"] == figures.RANDOM_COLOR
 
 
-def test_top_correlations_picks_largest_absolute(drawn):
-    corr = pd.DataFrame(
-        {
-            "task": ["nli"] * 3,
-            "scope": ["across"] * 3,
-            "model": ["all"] * 3,
-            "measure_source": ["probing"] * 3,
-            "probe": ["linear"] * 3,
-            "measure": ["a", "b", "c"],
-            "layer": ["0"] * 3,
-            "method": ["spearman"] * 3,
-            "coefficient": [0.5, -0.9, np.nan],
-            "q_value": [0.01, 0.02, np.nan],
-        }
-    )
-    assert figures.top_correlations(corr)["measure"].tolist() == ["b"]
+def test_correlation_heatmap_marks_underpowered_cells(drawn):
+    out, written = drawn
+    svg = written["correlations"][1].read_text(encoding="utf-8")
+    assert "hatched = underpowered" in svg
+    assert "within enc (fraction levels)" in svg and "pooled over models" in svg
+    assert "d 0.12" in svg  # a relative-depth bin of the pooled panel
+
+
+def test_scatter_says_when_every_test_is_underpowered(tmp_path):
+    tidy, corr = tiny_tables(models=("enc",), fractions=(50, 100), seeds=(0, 1))
+    assert corr["underpowered"].all()
+    paths = figures.plot_top_scatter(tidy, corr, tmp_path / "scatter")
+    assert_valid(paths)
+    assert "every test is underpowered" in paths[1].read_text(encoding="utf-8")
+
+
+def test_top_correlations_picks_smallest_q_among_powered_tests(drawn):
+    tidy, corr = tiny_tables(fractions=(50, 100), seeds=(0, 1, 2))
+    base = corr[corr["scope"] == "pooled"].iloc[0].to_dict()
+    changes = [
+        {"measure": "a", "coefficient": 0.5, "q_value": 0.01},
+        {"measure": "b", "coefficient": -0.9, "q_value": 0.02},
+        {"measure": "c", "coefficient": 0.7, "q_value": 0.01},
+        {"measure": "d", "coefficient": np.nan, "q_value": np.nan},
+        {"measure": "e", "coefficient": 1.0, "q_value": np.nan, "underpowered": True},
+        {"measure": "f", "coefficient": 1.0, "q_value": 1e-9, "scope": "raw", "family": ""},
+    ]
+    fake = pd.DataFrame([{**base, **c} for c in changes])[analysis.CORRELATION_COLUMNS]
+    assert figures.top_correlations(fake)["measure"].tolist() == ["c"]
+    assert figures.top_correlations(fake, scope="within_model").empty
+    top = figures.top_correlations(corr)
+    assert len(top) == 1 and not top["underpowered"].any()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from seqeval.metrics import f1_score as seqeval_f1
+from seqeval.scheme import IOB2
 
 from finescope.errors import FinescopeError
-from finescope.metrics import ner_metrics, nli_metrics
+from finescope.metrics import invalid_starts, ner_metrics, nli_metrics
 
 LABELS = ["contradiction", "entailment", "neutral"]
 
@@ -88,3 +90,33 @@ def test_ner_metrics_without_entities_and_errors():
         ner_metrics([["O", "O"]], [["O"]])
     with pytest.raises(FinescopeError, match="1 gold sentences but 2"):
         ner_metrics([["O"]], [["O"], ["O"]])
+
+
+def test_conlleval_counts_entities_opened_by_an_inside_tag():
+    gold = [["O", "B-protein", "I-protein", "O", "B-DNA"], ["B-cell_type", "I-cell_type", "O"]]
+    # A decoder's typical slip: entities opened with I- (after O and after another type).
+    pred = [["O", "I-protein", "I-protein", "O", "I-DNA"], ["B-cell_type", "I-protein", "O"]]
+    m = ner_metrics(gold, pred)
+    # Strict IOB2: the two I-opened spans are no entities; "B-cell_type I-protein" is a
+    # one-word cell_type (wrong span). Predicted 1, gold 3, right 0.
+    assert m["f1"] == 0.0 and m["precision"] == 0.0 and m["recall"] == 0.0
+    # Conlleval: I-protein I-protein and I-DNA are entities and match; B-cell_type and
+    # I-protein are two wrong entities. Predicted 4, gold 3, right 2.
+    assert m["precision_conlleval"] == pytest.approx(2 / 4)
+    assert m["recall_conlleval"] == pytest.approx(2 / 3)
+    assert m["f1_conlleval"] == pytest.approx(2 * (1 / 2) * (2 / 3) / (1 / 2 + 2 / 3))
+    assert m["f1_conlleval"] == pytest.approx(seqeval_f1(gold, pred))
+    assert m["f1"] == pytest.approx(seqeval_f1(gold, pred, mode="strict", scheme=IOB2))
+    assert m["invalid_starts"] == 3
+    assert m["score"] == m["f1"]  # strict stays the primary score
+
+
+def test_strict_and_conlleval_agree_on_valid_sequences():
+    gold = [["B-protein", "I-protein", "O", "B-DNA"], ["O", "B-cell_type", "I-cell_type"]]
+    pred = [["B-protein", "I-protein", "O", "B-protein"], ["O", "B-cell_type", "O"]]
+    m = ner_metrics(gold, pred)
+    assert m["invalid_starts"] == 0
+    # gold 3 entities, predicted 3, right 1 (the first protein) under both rules
+    assert m["f1_conlleval"] == pytest.approx(m["f1"]) == pytest.approx(1 / 3)
+    assert invalid_starts(["I-X", "I-X", "B-Y", "I-Y", "I-X", "O", "I-Y"]) == 3
+    assert ner_metrics([["O"]], [["O"]])["f1_conlleval"] == 0.0
