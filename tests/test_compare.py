@@ -50,13 +50,16 @@ def _perturbed_copy(model_dir, folder, scale=0.2):
     return folder
 
 
-@pytest.fixture(scope="module", params=["bert", "gpt2"])
+@pytest.fixture(
+    scope="module", params=[("bert", "pair"), ("gpt2", "pair"), ("bert", "separate")], ids="-".join
+)
 def cache_pair(request, tmp_path_factory):
     """Pre-trained and perturbed caches (NLI, float32, attention for 4 items), padded batches."""
-    model_dir = request.getfixturevalue(f"tiny_{request.param}_dir")
-    root = tmp_path_factory.mktemp(f"pair_{request.param}")
+    arch, view = request.param
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    root = tmp_path_factory.mktemp(f"pair_{arch}_{view}")
     ft_dir = _perturbed_copy(model_dir, root / "ft_model")
-    settings = {"dtype": "float32", "attention_items": 4, "batch_size": 3}
+    settings = {"dtype": "float32", "attention_items": 4, "batch_size": 3, "nli_view": view}
     run_extract("nli", model_dir, ITEMS, root / "pre", settings)
     run_extract("nli", ft_dir, ITEMS, root / "ft", settings)
     return root / "pre", root / "ft"
@@ -111,7 +114,8 @@ def test_padded_and_unpadded_caches_give_the_same_change(cache_pair, tmp_path):
             meta["model_dir"],
             ITEMS,
             tmp_path / name,
-            {"dtype": "float32", "attention_items": 4, "batch_size": 1},
+            {"dtype": "float32", "attention_items": 4, "batch_size": 1}
+            | {"nli_view": meta["nli_view"]},
         )
     unpadded = run_compare(tmp_path / "pre", tmp_path / "ft", POINT, {})
     np.testing.assert_allclose(padded["value"], unpadded["value"], atol=1e-4)
@@ -123,8 +127,13 @@ def test_identical_models_show_no_change(cache_pair):
     np.testing.assert_allclose(value.min()["attention_cosine"], 1.0, atol=1e-6)
     np.testing.assert_allclose(value.max()["attention_js"], 0.0, atol=1e-9)
     np.testing.assert_allclose(frame.query("measure == 'attention_entropy_change'")["value"], 0.0)
-    np.testing.assert_allclose(frame.query("measure == 'cka'")["value"], 1.0, atol=1e-9)
-    np.testing.assert_allclose(frame.query("measure == 'cka_debiased'")["value"], 1.0, atol=1e-9)
+    cka = frame[frame["measure"].str.startswith("cka")]
+    meta = Cache(cache_pair[0]).meta
+    if meta["nli_view"] == "pair" and not meta["decoder"]:
+        # An encoder's layer-0 [CLS] vector is the same embedding for every item: undefined.
+        assert cka.query("layer == 0")["value"].isna().all()
+        cka = cka.query("layer > 0")
+    np.testing.assert_allclose(cka["value"], 1.0, atol=1e-9)
 
 
 def test_run_compare_rows_and_columns(cache_pair):

@@ -15,6 +15,7 @@ from finescope.extract import Cache, run_extract
 from finescope.models import load_model, load_tokenizer
 
 F32 = {"dtype": "float32"}
+SEP = {"nli_view": "separate"}
 
 
 def _direct_hidden(model_dir, text_or_words, *, words: bool = False):
@@ -33,22 +34,28 @@ def _direct_hidden(model_dir, text_or_words, *, words: bool = False):
     return torch.stack(out.hidden_states)[:, 0].numpy(), special.numpy(), enc
 
 
+@pytest.mark.parametrize("view", ["separate", "pair"])
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_pooling_ignores_padding(tiny_model_dir, nli_items, tmp_path, side):
-    alone = run_extract("nli", tiny_model_dir, nli_items, tmp_path / "b1", F32 | {"batch_size": 1})
+def test_pooling_ignores_padding(tiny_model_dir, nli_items, tmp_path, side, view):
+    base = F32 | {"nli_view": view}
+    alone = run_extract("nli", tiny_model_dir, nli_items, tmp_path / "b1", base | {"batch_size": 1})
     padded = run_extract(
         "nli",
         tiny_model_dir,
         nli_items,
         tmp_path / "b7",
-        F32 | {"batch_size": 7, "padding_side": side},
+        base | {"batch_size": 7, "padding_side": side},
     )
-    assert alone["forward_passes"] == 2 * len(nli_items)
-    assert padded["forward_passes"] == math.ceil(2 * len(nli_items) / 7)
+    n_sequences = (2 if view == "separate" else 1) * len(nli_items)
+    assert alone["forward_passes"] == n_sequences
+    assert padded["forward_passes"] == math.ceil(n_sequences / 7)
     a, b = Cache(tmp_path / "b1"), Cache(tmp_path / "b7")
-    for view in ("premise", "hypothesis"):
+    assert a.views == extract.VIEWS[view]
+    for view_name in a.views:
         for layer in range(a.n_layers):
-            np.testing.assert_allclose(a.layer(view, layer), b.layer(view, layer), atol=1e-5)
+            np.testing.assert_allclose(
+                a.layer(view_name, layer), b.layer(view_name, layer), atol=1e-5
+            )
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -58,7 +65,7 @@ def test_word_vectors_align_with_words(tiny_model_dir, ner_items, tmp_path, side
         tiny_model_dir,
         ner_items,
         tmp_path / "c",
-        F32 | {"batch_size": 5, "padding_side": side},
+        F32 | {"batch_size": 5, "padding_side": side, "ner_pooling": "mean"},
     )
     cache = Cache(tmp_path / "c")
     assert cache.labels == [tag for item in ner_items for tag in item["tags"]]
@@ -78,8 +85,9 @@ def test_word_vectors_align_with_words(tiny_model_dir, ner_items, tmp_path, side
 
 
 def test_nli_cache_round_trips(tiny_model_dir, nli_items, tmp_path):
-    run_extract("nli", tiny_model_dir, nli_items, tmp_path / "c", F32 | {"batch_size": 1})
+    run_extract("nli", tiny_model_dir, nli_items, tmp_path / "c", F32 | SEP | {"batch_size": 1})
     cache = Cache(tmp_path / "c")
+    assert cache.views == ["premise", "hypothesis"] and cache.nli_view == "separate"
     assert cache.ids == [item["id"] for item in nli_items]
     assert cache.labels == [item["label"] for item in nli_items]
     assert cache.meta["width"] == 32 and cache.n_layers == 3
@@ -96,7 +104,7 @@ def test_nli_cache_round_trips(tiny_model_dir, nli_items, tmp_path):
 
 
 def test_encoder_pooling_leaves_out_special_tokens(tiny_bert_dir, nli_items, tmp_path):
-    run_extract("nli", tiny_bert_dir, nli_items[:2], tmp_path / "c", F32)
+    run_extract("nli", tiny_bert_dir, nli_items[:2], tmp_path / "c", F32 | SEP)
     hidden, special, _ = _direct_hidden(tiny_bert_dir, nli_items[0]["premise"])
     assert special[0] and special[-1]  # [CLS] ... [SEP]
     stored = Cache(tmp_path / "c").layer("premise", 2)[0]
@@ -122,7 +130,11 @@ def test_one_forward_pass_per_batch(tiny_bert_dir, nli_items, tmp_path, monkeypa
 
     monkeypatch.setattr(extract, "_load_model", counting)
     meta = run_extract(
-        "nli", tiny_bert_dir, nli_items, tmp_path / "c", {"batch_size": 4, "attention_items": 3}
+        "nli",
+        tiny_bert_dir,
+        nli_items,
+        tmp_path / "c",
+        SEP | {"batch_size": 4, "attention_items": 3},
     )
     # 6 attention sequences batched apart (2 batches), 30 others (8 batches)
     assert len(calls) == meta["forward_passes"] == meta["n_batches"] == 2 + 8
@@ -133,7 +145,11 @@ def test_one_forward_pass_per_batch(tiny_bert_dir, nli_items, tmp_path, monkeypa
 
 def test_attention_store(tiny_model_dir, nli_items, tmp_path):
     run_extract(
-        "nli", tiny_model_dir, nli_items, tmp_path / "c", {"batch_size": 4, "attention_items": 2}
+        "nli",
+        tiny_model_dir,
+        nli_items,
+        tmp_path / "c",
+        SEP | {"batch_size": 4, "attention_items": 2},
     )
     cache = Cache(tmp_path / "c")
     tokenizer = load_tokenizer(tiny_model_dir)

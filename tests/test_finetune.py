@@ -396,9 +396,14 @@ def test_decoder_gives_same_logits_with_left_and_right_padding(arch, task, toy_d
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, task, labels, seed=0).eval()
     assert ft._uses_position_ids(model)
-    enc = ft.encode_items(task, tokenizer, items, labels, 64)
+    enc = ft.encode_items(task, tokenizer, items, labels, 64, decoder=True)
     assert len(set(enc.lengths)) > 1
-    assert all(tokenizer.eos_token_id not in f["input_ids"] for f in enc.features)
+    # The decoders pad with the end-of-text token; it only occurs as the NLI pair separator,
+    # never at the end, where the head reads.
+    for f in enc.features:
+        count = f["input_ids"].count(tokenizer.eos_token_id)
+        assert count == (1 if task == "nli" else 0)
+        assert f["input_ids"][-1] != tokenizer.eos_token_id
 
     logits, predictions = {}, {}
     for side in ("right", "left"):
