@@ -14,6 +14,7 @@ from finescope.compare import (
     ATTENTION_MEASURES,
     COLUMNS,
     attention_measures,
+    cka_views,
     debiased_cka,
     linear_cka,
     reference_attention_measures,
@@ -21,6 +22,7 @@ from finescope.compare import (
 )
 from finescope.errors import FinescopeError
 from finescope.extract import Cache, run_extract
+from finescope.models import load_tokenizer
 
 POINT = {"task": "nli", "model": "tiny", "fraction": 50, "seed": 1}
 PAIRS = [
@@ -220,3 +222,31 @@ def test_debiased_cka_is_near_zero_for_independent_data():
     assert abs(debiased_cka(x, y)) < 0.05 < linear_cka(x, y)  # the biased one is inflated
     sampled = debiased_cka(x, x @ np.eye(50) * 2, max_items=100, seed=4)
     assert sampled == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cka_items_follow_the_nli_view(cache_pair):
+    pre, ft = Cache(cache_pair[0]), Cache(cache_pair[1])
+    pair = pre.nli_view == "pair"
+    # Pair caches: one joint attention sequence per item; separate: premise and hypothesis.
+    assert pre.n_attention == (4 if pair else 8)
+    tokenizer = load_tokenizer(pre.meta["model_dir"])
+    if pair:
+        joint = tokenizer(ITEMS[0]["premise"], ITEMS[0]["hypothesis"])["input_ids"]
+        extra = 1 if pre.meta["pair_separator"] else 0
+        assert pre.meta["attention"]["lengths"][0] == len(joint) + extra
+    frame = run_compare(*cache_pair, POINT, {"attention": False, "debiased_cka": False})
+    for layer in range(pre.n_layers):
+        views = ["cls"] if pair else ["premise", "hypothesis"]
+        assert cka_views(pre) == views
+        X = np.concatenate([pre.layer(v, layer) for v in views])
+        Y = np.concatenate([ft.layer(v, layer) for v in views])
+        assert X.shape[0] == (1 if pair else 2) * len(ITEMS)
+        got = frame.query(f"layer == {layer}")["value"].item()
+        np.testing.assert_allclose(got, linear_cka(X, Y), equal_nan=True)
+
+
+def test_caches_of_different_nli_views_are_refused(tiny_bert_dir, tmp_path):
+    run_extract("nli", tiny_bert_dir, ITEMS, tmp_path / "pair", {"nli_view": "pair"})
+    run_extract("nli", tiny_bert_dir, ITEMS, tmp_path / "sep", {"nli_view": "separate"})
+    with pytest.raises(FinescopeError, match="differ in extract setting nli_view"):
+        run_compare(tmp_path / "pair", tmp_path / "sep", POINT, {})
