@@ -26,8 +26,9 @@ Choices that matter for the study:
   rightmost token whose id is not the pad id, which is what transformers'
   ``*ForSequenceClassification`` heads read (the last real token; with pad == eos the
   separator in the middle does not change that). ``premise`` and ``hypothesis`` are the means
-  over each segment's own tokens in the joint pass (no special token, no separator). Attention
-  maps: one joint sequence per item (sequence k is item k).
+  over each segment's own tokens in the joint pass (no special token, no separator; all tokens
+  of the pair if a segment has none). Attention maps: one joint sequence per item (sequence k
+  is item k).
 - NLI, ``nli_view: "separate"`` (the study's view): premise and hypothesis are encoded as two
   separate sequences; each vector is the mean over the sequence's real, non-special tokens
   (padding and tokens such as ``[CLS]``, ``[SEP]`` or ``<s>`` are left out; all real tokens
@@ -270,6 +271,7 @@ def _plan_nli(tokenizer, items, max_length, n_attention):
 
 
 def _plan_ner(tokenizer, items, max_length, n_attention, pooling: str = "mean"):
+    """One sequence per sentence; each kept word pools its first, last or all sub-words."""
     words = [list(item["tokens"]) for item in items]
     full = encode_words(tokenizer, words, None)
     long = [i for i in range(len(items)) if len(full["input_ids"][i]) > max_length]
