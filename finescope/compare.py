@@ -20,9 +20,20 @@ Measures (``measure`` column of the long-form output):
 
 Attention rows are renormalised to sum to 1 before measuring, which removes the rounding of the
 float16 store. Attention layers are numbered 1..n_blocks (layer 0, the embeddings, has none);
-head is "0".."H-1", and "all" is the mean over heads. CKA rows have head "all". For NLI the
-premise and hypothesis vectors are stacked as 2N items (both views are sentences encoded the
-same way); for NER the items are words.
+head is "0".."H-1", and "all" is the mean over heads. CKA rows have head "all".
+
+What a "sequence" and an "item" are depends on the cache (both caches must agree):
+
+- NLI pair caches (``nli_view: "pair"``): attention is measured on the one joint
+  premise + hypothesis sequence of each item. CKA is computed on the ``cls`` view, N items: the
+  vector the classification head reads, one per pair (the segment means of the same pass are
+  left out, so that every item counts once and the measure follows what fine-tuning trains).
+  For encoders the layer-0 ``cls`` vector is the [CLS] embedding, the same for every item, so
+  CKA there is NaN (undefined), not a measurement.
+- NLI separate caches (``nli_view: "separate"``): attention is measured on premise and
+  hypothesis sequences apart; CKA stacks the premise and hypothesis vectors as 2N items (both
+  are sentences encoded the same way).
+- NER: attention per sentence; CKA items are words (as pooled by the cache's ``ner_pooling``).
 """
 
 from __future__ import annotations
@@ -247,6 +258,16 @@ def _check_pair(pre: Cache, ft: Cache) -> None:
         )
     if pre.ids != ft.ids:
         raise FinescopeError(f"{where} hold different items (ids differ); {fix}")
+    for key, one, other in (
+        ("nli_view", pre.nli_view, ft.nli_view),
+        ("ner_pooling", pre.meta.get("ner_pooling"), ft.meta.get("ner_pooling")),
+    ):
+        if one != other:
+            raise FinescopeError(
+                f"{where} differ in extract setting {key} ({one} vs {other}); {fix}"
+            )
+    if pre.views != ft.views:
+        raise FinescopeError(f"{where} store different views ({pre.views} vs {ft.views}); {fix}")
     for key in ("word_item", "word_position"):
         if pre.meta.get(key) != ft.meta.get(key):
             raise FinescopeError(f"{where} hold different words ({key} differs); {fix}")
@@ -276,8 +297,14 @@ def _attention_rows(pre: Cache, ft: Cache) -> list[tuple[int, str, str, float]]:
     return rows
 
 
+def cka_views(cache: Cache) -> list[str]:
+    """The views whose rows are stacked as CKA items: ``cls`` for NLI pair caches, every view
+    otherwise (premise and hypothesis for separate NLI caches, word for NER)."""
+    return ["cls"] if cache.nli_view == "pair" else list(cache.views)
+
+
 def _items(cache: Cache, layer: int) -> np.ndarray:
-    return np.concatenate([cache.layer(view, layer) for view in cache.views])
+    return np.concatenate([cache.layer(view, layer) for view in cka_views(cache)])
 
 
 def run_compare(

@@ -4,18 +4,43 @@ vectors written to disk as they come, plus the attention maps of the first few i
 Layout of a cache folder (read by probing and by the change measures)::
 
     meta.json        what is stored and how it was made (see :func:`run_extract`)
-    premise.npy      NLI: (n_layers, n_items, width), one mean-pooled vector per premise
+    cls.npy          NLI pair view: (n_layers, n_items, width), the token the classification
+                     head reads, one per item
+    premise.npy      NLI: (n_layers, n_items, width), one vector per premise
     hypothesis.npy   NLI: (n_layers, n_items, width), one per hypothesis
-    word.npy         NER: (n_layers, n_words, width), one vector per word (mean of its sub-words)
+    word.npy         NER: (n_layers, n_words, width), one vector per word
     attention.npy    flat; sequence k is (n_blocks, n_heads, T_k, T_k) at meta offsets[k]
+
+``meta.json`` names the stored ``views`` (pair: cls, premise, hypothesis; separate: premise,
+hypothesis; NER: word) and records ``nli_view`` and ``pair_separator`` (NLI) or
+``ner_pooling`` (NER).
 
 Choices that matter for the study:
 
-- Premise and hypothesis are encoded as two separate sequences, as in the study.
-- A sequence vector is the mean over its real, non-special tokens: padding and tokens such as
-  ``[CLS]``, ``[SEP]`` or ``<s>`` are left out (all real tokens are used if a text has no other
-  token). A word vector is the mean of the hidden states of its sub-words, from the tokenizer's
-  own word alignment, so no sub-word convention is assumed.
+- NLI, ``nli_view: "pair"`` (default): each item is ONE sequence, encoded exactly as
+  fine-tuning encodes it (:func:`finescope.models.encode_pairs`, used by both): the
+  tokenizer's pair template, e.g. ``[CLS] premise [SEP] hypothesis [SEP]``. Where the template
+  puts nothing between the segments (GPT-2-style byte-level BPE, Llama/SmolLM2), the eos token
+  is inserted between them (meta ``pair_separator``; None when the tokenizer has its own).
+  ``cls`` is the classification position: the first token for encoders, and for decoders the
+  rightmost token whose id is not the pad id, which is what transformers'
+  ``*ForSequenceClassification`` heads read (the last real token; with pad == eos the
+  separator in the middle does not change that). ``premise`` and ``hypothesis`` are the means
+  over each segment's own tokens in the joint pass (no special token, no separator; all tokens
+  of the pair if a segment has none). Attention maps: one joint sequence per item (sequence k
+  is item k).
+- NLI, ``nli_view: "separate"`` (the study's view): premise and hypothesis are encoded as two
+  separate sequences; each vector is the mean over the sequence's real, non-special tokens
+  (padding and tokens such as ``[CLS]``, ``[SEP]`` or ``<s>`` are left out; all real tokens
+  are used if a text has no other token). Attention sequence 2i is item i's premise, 2i + 1
+  its hypothesis.
+- NER: a word's vector comes from its sub-words, found with the tokenizer's own word
+  alignment (no sub-word convention is assumed), per ``ner_pooling``: the first sub-word
+  (default; what an encoder's token-classification head reads), the last one (what a
+  left-to-right decoder should be read at: only there has it seen the whole word), or the
+  mean. A word cut by truncation, fully or partly, is left out whatever the pooling.
+- ``max_length`` is capped by the tokenizer's limit and the model's position table, as in
+  fine-tuning (:func:`finescope.finetune.effective_max_length`).
 - Sequences are padded on the right by default. A real token then sits at the same position as
   without padding, and neither bidirectional attention (masked) nor causal attention (it never
   looks right) can see the pads, so vectors do not depend on the batch. With
@@ -40,8 +65,17 @@ import torch
 import transformers
 
 from finescope.errors import FinescopeError
+from finescope.finetune import effective_max_length, uses_token_type_ids
 from finescope.io import atomic_path, read_json, write_json
-from finescope.models import encode_words, is_decoder, load_model, load_tokenizer, word_index
+from finescope.models import (
+    encode_pairs,
+    encode_words,
+    is_decoder,
+    load_model,
+    load_tokenizer,
+    pair_template,
+    word_index,
+)
 
 DEFAULTS: dict = {
     "batch_size": 16,
@@ -54,10 +88,19 @@ DEFAULTS: dict = {
     "padding_side": "right",
     "device": "auto",
     "bf16_autocast": False,
+    "nli_view": "pair",
+    "ner_pooling": "first",
 }
 DTYPES = {"float16": np.float16, "float32": np.float32}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
-VIEWS = {"nli": ["premise", "hypothesis"], "ner": ["word"]}
+NLI_VIEWS = ("pair", "separate")
+NER_POOLINGS = ("first", "last", "mean")
+# Stored views per task and NLI view.
+VIEWS = {
+    "pair": ["cls", "premise", "hypothesis"],
+    "separate": ["premise", "hypothesis"],
+    "ner": ["word"],
+}
 
 
 @dataclass
@@ -93,6 +136,15 @@ def _settings(settings: dict | None) -> dict:
             raise FinescopeError(f"extract settings `{key}`: must be a positive integer")
     if int(merged["attention_items"]) < 0:
         raise FinescopeError("extract settings `attention_items`: must be 0 or more")
+    if merged["nli_view"] not in NLI_VIEWS:
+        raise FinescopeError(
+            f"extract settings `nli_view`: {merged['nli_view']!r} is not one of {list(NLI_VIEWS)}"
+        )
+    if merged["ner_pooling"] not in NER_POOLINGS:
+        raise FinescopeError(
+            f"extract settings `ner_pooling`: {merged['ner_pooling']!r} is not one of "
+            f"{list(NER_POOLINGS)}"
+        )
     return merged
 
 
@@ -124,8 +176,8 @@ def _text_config(config):
 
 
 def _check_items(task: str, items: list[dict]) -> None:
-    if task not in VIEWS:
-        raise FinescopeError(f"extract: unknown task {task!r}; expected one of {sorted(VIEWS)}")
+    if task not in ("nli", "ner"):
+        raise FinescopeError(f"extract: unknown task {task!r}; expected one of ['ner', 'nli']")
     if not items:
         raise FinescopeError(f"extract ({task}): no items to encode; check the data stage output")
     for item in items:
@@ -171,7 +223,38 @@ def _encode_texts(tokenizer, texts: list[str], max_length: int):
     return out, len(long)
 
 
+def _plan_pairs(tokenizer, items, max_length, n_attention, *, decoder, token_type_ids):
+    """One joint sequence per item; views cls (0), premise (1), hypothesis (2)."""
+    pairs = encode_pairs(
+        tokenizer,
+        [item["premise"] for item in items],
+        [item["hypothesis"] for item in items],
+        max_length,
+        decoder=decoder,
+        token_type_ids=token_type_ids,
+    )
+    sequences = []
+    for i, pair in enumerate(pairs):
+        # A segment left without tokens (an empty text) falls back to all tokens of the pair.
+        every = list(range(len(pair.input_ids)))
+        groups = [
+            (0, i, [pair.cls]),
+            (1, i, pair.premise or every),
+            (2, i, pair.hypothesis or every),
+        ]
+        seq = _Sequence(pair.input_ids, pair.token_type_ids, groups)
+        if i < n_attention:
+            seq.attention_k = i
+        sequences.append(seq)
+    extra = {
+        "n_truncated_sequences": sum(pair.truncated for pair in pairs),
+        "pair_separator": pair_template(tokenizer).separator,
+    }
+    return sequences, [item.get("label") for item in items], extra
+
+
 def _plan_nli(tokenizer, items, max_length, n_attention):
+    """Premise and hypothesis as two sequences; views premise (0), hypothesis (1)."""
     texts = [item["premise"] for item in items] + [item["hypothesis"] for item in items]
     encoded, n_cut = _encode_texts(tokenizer, texts, max_length)
     n = len(items)
@@ -183,11 +266,12 @@ def _plan_nli(tokenizer, items, max_length, n_attention):
             if i < n_attention:
                 seq.attention_k = 2 * i + view  # premise first, then hypothesis
             sequences.append(seq)
-    extra = {"n_truncated_sequences": n_cut}
+    extra = {"n_truncated_sequences": n_cut, "pair_separator": None}
     return sequences, [item.get("label") for item in items], extra
 
 
-def _plan_ner(tokenizer, items, max_length, n_attention):
+def _plan_ner(tokenizer, items, max_length, n_attention, pooling: str = "mean"):
+    """One sequence per sentence; each kept word pools its first, last or all sub-words."""
     words = [list(item["tokens"]) for item in items]
     full = encode_words(tokenizer, words, None)
     long = [i for i in range(len(items)) if len(full["input_ids"][i]) > max_length]
@@ -216,7 +300,8 @@ def _plan_ner(tokenizer, items, max_length, n_attention):
             if len(kept) != counts[w]:
                 n_lost += 1  # cut (fully or partly) by truncation at max_length
                 continue
-            seq.groups.append((0, len(labels), kept))
+            chosen = {"first": kept[:1], "last": kept[-1:], "mean": kept}[pooling]
+            seq.groups.append((0, len(labels), chosen))
             labels.append(item["tags"][w])
             word_item.append(i)
             word_position.append(w)
@@ -232,6 +317,21 @@ def _plan_ner(tokenizer, items, max_length, n_attention):
         "n_words_without_tokens": n_empty,
     }
     return sequences, labels, extra
+
+
+def _pooling_note(task: str, settings: dict) -> str:
+    if task == "ner":
+        return {
+            "first": "first sub-word of each word",
+            "last": "last sub-word of each word",
+            "mean": "mean of each word's sub-words",
+        }[settings["ner_pooling"]]
+    if settings["nli_view"] == "pair":
+        return (
+            "one sequence per pair: cls = the token the classification head reads; premise, "
+            "hypothesis = mean over each segment's own tokens"
+        )
+    return "premise and hypothesis apart: mean over real non-special tokens"
 
 
 def _batches(sequences: list[_Sequence], batch_size: int) -> list[list[int]]:
@@ -307,12 +407,13 @@ def run_extract(
     out_dir
         The cache folder; written under a temporary name and renamed when complete.
     settings
-        ``batch_size`` (16), ``max_length`` (128), ``dtype`` ("float16" | "float32": storage
-        of vectors and attention maps), ``attention_items`` (0: attention maps of the first k
-        items), ``trust_remote_code``
-        (False), ``random_init`` (False: same architecture, weights re-initialised under
-        ``seed``), ``seed`` (0), ``padding_side`` ("right" | "left"), ``device`` ("auto"),
-        ``bf16_autocast`` (False; CUDA only).
+        ``batch_size`` (16), ``max_length`` (128; capped by the tokenizer and the model's
+        position table), ``dtype`` ("float16" | "float32": storage of vectors and attention
+        maps), ``attention_items`` (0: attention maps of the first k items),
+        ``trust_remote_code`` (False), ``random_init`` (False: same architecture, weights
+        re-initialised under ``seed``), ``seed`` (0), ``padding_side`` ("right" | "left"),
+        ``device`` ("auto"), ``bf16_autocast`` (False; CUDA only), ``nli_view`` ("pair" |
+        "separate"), ``ner_pooling`` ("first" | "last" | "mean").
 
     Returns
     -------
@@ -327,21 +428,34 @@ def run_extract(
     started = time.perf_counter()
 
     tokenizer = load_tokenizer(model_dir, trust_remote_code=bool(settings["trust_remote_code"]))
-    max_length = int(settings["max_length"])
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < 1_000_000:
-        max_length = min(max_length, limit)
     n_attention = min(int(settings["attention_items"]), len(items))
-    plan = _plan_nli if task == "nli" else _plan_ner
-    sequences, labels, extra = plan(tokenizer, items, max_length, n_attention)
-    views = VIEWS[task]
-    n_rows = len(items) if task == "nli" else len(labels)
 
     load_started = time.perf_counter()
     model = _load_model(model_dir, task, settings, need_attention=n_attention > 0)
     device = _device(str(settings["device"]))
     model.to(device).eval()
     load_seconds = time.perf_counter() - load_started
+    decoder = is_decoder(model.config)
+
+    # The same cap as fine-tuning: the tokenizer's limit and the model's position table.
+    max_length = effective_max_length(model, tokenizer, int(settings["max_length"]))
+    if task == "nli" and settings["nli_view"] == "pair":
+        sequences, labels, extra = _plan_pairs(
+            tokenizer,
+            items,
+            max_length,
+            n_attention,
+            decoder=decoder,
+            token_type_ids=uses_token_type_ids(model),
+        )
+    elif task == "nli":
+        sequences, labels, extra = _plan_nli(tokenizer, items, max_length, n_attention)
+    else:
+        sequences, labels, extra = _plan_ner(
+            tokenizer, items, max_length, n_attention, settings["ner_pooling"]
+        )
+    views = VIEWS[settings["nli_view"] if task == "nli" else "ner"]
+    n_rows = len(items) if task == "nli" else len(labels)
     text_config = _text_config(model.config)
     n_layers = int(text_config.num_hidden_layers) + 1
     width = int(text_config.hidden_size)
@@ -461,11 +575,16 @@ def run_extract(
             "n_batches": len(batches),
             "model_dir": str(model_dir.resolve()),
             "model_type": model.config.model_type,
-            "decoder": is_decoder(model.config),
+            "decoder": decoder,
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "device": str(device),
             "max_length": max_length,
-            "pooling": "mean over real non-special tokens (nli); mean of sub-words (ner)",
+            "pooling": _pooling_note(task, settings),
+            **(
+                {"nli_view": settings["nli_view"]}
+                if task == "nli"
+                else {"ner_pooling": settings["ner_pooling"]}
+            ),
             "attention": {
                 "n_sequences": len(att_seqs),
                 "n_items": n_attention,
@@ -554,6 +673,14 @@ class Cache:
     @property
     def task(self) -> str:
         return self.meta["task"]
+
+    @property
+    def nli_view(self) -> str | None:
+        """``"pair"`` or ``"separate"`` for NLI caches (caches made before the pair view
+        existed are separate), None for NER."""
+        if self.task != "nli":
+            return None
+        return self.meta.get("nli_view", "separate")
 
     @property
     def n_rows(self) -> int:

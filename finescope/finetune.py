@@ -44,7 +44,14 @@ from tqdm import tqdm
 from finescope.errors import FinescopeError
 from finescope.io import atomic_path, read_json, write_json
 from finescope.metrics import ner_metrics, nli_metrics
-from finescope.models import encode_words, is_decoder, load_model, load_tokenizer, word_index
+from finescope.models import (
+    encode_pairs,
+    encode_words,
+    is_decoder,
+    load_model,
+    load_tokenizer,
+    word_index,
+)
 
 logger = logging.getLogger("finescope.finetune")
 
@@ -390,12 +397,14 @@ class Encoded:
     ``features[i]`` holds ``input_ids``, ``attention_mask`` (``token_type_ids`` for encoders that
     use them) and ``labels`` (int for NLI; per token for NER, -100 except on the one sub-word of
     each word that carries its label). ``word_tokens[i][w]`` is the position of that sub-word for
-    word ``w`` (-1 when truncation cut the word) — NER only.
+    word ``w`` (-1 when truncation cut the word) — NER only. ``cls_positions[i]`` is the token
+    the sequence-classification head reads — NLI only.
     """
 
     features: list[dict]
     lengths: list[int]
     word_tokens: list[list[int]] = field(default_factory=list)
+    cls_positions: list[int] = field(default_factory=list)
     truncated_words: int = 0
     truncated_items: int = 0
 
@@ -409,13 +418,17 @@ def encode_items(
     *,
     token_type_ids: bool = False,
     subword: str = "first",
+    decoder: bool = False,
 ) -> Encoded:
     """Tokenise canonical items.
 
     Parameters
     ----------
     task
-        ``"nli"``: ``tokenizer(premise, hypothesis)`` pairs; ``"ner"``: pre-split words via
+        ``"nli"``: one sequence per premise/hypothesis pair from
+        :func:`finescope.models.encode_pairs` (the tokenizer's pair template; a separator
+        where it has none; extraction encodes pairs with the same function); ``"ner"``:
+        pre-split words via
         :func:`finescope.models.encode_words`, labelled on one sub-word per word (no sub-word
         convention such as ``##`` is assumed; ``word_index`` gives the alignment); the other
         sub-words and special tokens get -100.
@@ -425,24 +438,35 @@ def encode_items(
         Keep segment ids (BERT-style encoders); decoders and models without them drop them.
     subword
         NER: ``"first"`` or ``"last"`` sub-word of each word carries the label.
+    decoder
+        NLI: the model reads left to right (only changes ``cls_positions``).
     """
     label_id = {label: i for i, label in enumerate(labels)}
     keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_type_ids else [])
     if not items:
         return Encoded([], [])
     if task == "nli":
-        premises = [item["premise"] for item in items]
-        hypotheses = [item["hypothesis"] for item in items]
-        enc = tokenizer(premises, hypotheses, truncation=True, max_length=max_length)
-        full = tokenizer(premises, hypotheses, truncation=False, verbose=False)["input_ids"]
+        pairs = encode_pairs(
+            tokenizer,
+            [item["premise"] for item in items],
+            [item["hypothesis"] for item in items],
+            max_length,
+            decoder=decoder,
+            token_type_ids=token_type_ids,
+        )
         features = []
-        for i, item in enumerate(items):
-            feature = {key: enc[key][i] for key in keys if key in enc}
+        for pair, item in zip(pairs, items, strict=True):
+            feature = {"input_ids": pair.input_ids, "attention_mask": [1] * len(pair.input_ids)}
+            if pair.token_type_ids is not None:
+                feature["token_type_ids"] = pair.token_type_ids
             feature["labels"] = label_id[item["label"]]
             features.append(feature)
-        lengths = [len(f["input_ids"]) for f in features]
-        truncated = sum(len(ids) > n for ids, n in zip(full, lengths, strict=True))
-        return Encoded(features, lengths, truncated_items=truncated)
+        return Encoded(
+            features,
+            [len(f["input_ids"]) for f in features],
+            cls_positions=[pair.cls for pair in pairs],
+            truncated_items=sum(pair.truncated for pair in pairs),
+        )
     if task != "ner":
         raise FinescopeError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     enc = encode_words(tokenizer, [list(item["tokens"]) for item in items], max_length)
@@ -486,13 +510,18 @@ def _forward_params(model) -> set[str]:
     return set(inspect.signature(_unwrap(model).forward).parameters)
 
 
-def _uses_token_type_ids(model) -> bool:
+def uses_token_type_ids(model) -> bool:
+    """Whether ``model`` is given segment ids: encoders whose forward takes them (decoders such
+    as GPT-2 accept them too, but were not trained with them)."""
     config = _unwrap(model).config
     return (
         not is_decoder(config)
         and "token_type_ids" in _forward_params(model)
         and getattr(config, "type_vocab_size", 0) > 0
     )
+
+
+_uses_token_type_ids = uses_token_type_ids
 
 
 def _uses_position_ids(model) -> bool:
@@ -573,8 +602,9 @@ def _encode_for(model, tokenizer, task: str, items, labels, s: dict, split: str)
         items,
         labels,
         max_length,
-        token_type_ids=_uses_token_type_ids(model),
+        token_type_ids=uses_token_type_ids(model),
         subword=s["ner_subword"],
+        decoder=is_decoder(_unwrap(model).config),
     )
     if enc.truncated_items:
         if task == "ner":

@@ -14,6 +14,7 @@ from finescope.compare import (
     ATTENTION_MEASURES,
     COLUMNS,
     attention_measures,
+    cka_views,
     debiased_cka,
     linear_cka,
     reference_attention_measures,
@@ -21,6 +22,7 @@ from finescope.compare import (
 )
 from finescope.errors import FinescopeError
 from finescope.extract import Cache, run_extract
+from finescope.models import load_tokenizer
 
 POINT = {"task": "nli", "model": "tiny", "fraction": 50, "seed": 1}
 PAIRS = [
@@ -50,13 +52,16 @@ def _perturbed_copy(model_dir, folder, scale=0.2):
     return folder
 
 
-@pytest.fixture(scope="module", params=["bert", "gpt2"])
+@pytest.fixture(
+    scope="module", params=[("bert", "pair"), ("gpt2", "pair"), ("bert", "separate")], ids="-".join
+)
 def cache_pair(request, tmp_path_factory):
     """Pre-trained and perturbed caches (NLI, float32, attention for 4 items), padded batches."""
-    model_dir = request.getfixturevalue(f"tiny_{request.param}_dir")
-    root = tmp_path_factory.mktemp(f"pair_{request.param}")
+    arch, view = request.param
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    root = tmp_path_factory.mktemp(f"pair_{arch}_{view}")
     ft_dir = _perturbed_copy(model_dir, root / "ft_model")
-    settings = {"dtype": "float32", "attention_items": 4, "batch_size": 3}
+    settings = {"dtype": "float32", "attention_items": 4, "batch_size": 3, "nli_view": view}
     run_extract("nli", model_dir, ITEMS, root / "pre", settings)
     run_extract("nli", ft_dir, ITEMS, root / "ft", settings)
     return root / "pre", root / "ft"
@@ -111,7 +116,8 @@ def test_padded_and_unpadded_caches_give_the_same_change(cache_pair, tmp_path):
             meta["model_dir"],
             ITEMS,
             tmp_path / name,
-            {"dtype": "float32", "attention_items": 4, "batch_size": 1},
+            {"dtype": "float32", "attention_items": 4, "batch_size": 1}
+            | {"nli_view": meta["nli_view"]},
         )
     unpadded = run_compare(tmp_path / "pre", tmp_path / "ft", POINT, {})
     np.testing.assert_allclose(padded["value"], unpadded["value"], atol=1e-4)
@@ -123,8 +129,13 @@ def test_identical_models_show_no_change(cache_pair):
     np.testing.assert_allclose(value.min()["attention_cosine"], 1.0, atol=1e-6)
     np.testing.assert_allclose(value.max()["attention_js"], 0.0, atol=1e-9)
     np.testing.assert_allclose(frame.query("measure == 'attention_entropy_change'")["value"], 0.0)
-    np.testing.assert_allclose(frame.query("measure == 'cka'")["value"], 1.0, atol=1e-9)
-    np.testing.assert_allclose(frame.query("measure == 'cka_debiased'")["value"], 1.0, atol=1e-9)
+    cka = frame[frame["measure"].str.startswith("cka")]
+    meta = Cache(cache_pair[0]).meta
+    if meta["nli_view"] == "pair" and not meta["decoder"]:
+        # An encoder's layer-0 [CLS] vector is the same embedding for every item: undefined.
+        assert cka.query("layer == 0")["value"].isna().all()
+        cka = cka.query("layer > 0")
+    np.testing.assert_allclose(cka["value"], 1.0, atol=1e-9)
 
 
 def test_run_compare_rows_and_columns(cache_pair):
@@ -211,3 +222,31 @@ def test_debiased_cka_is_near_zero_for_independent_data():
     assert abs(debiased_cka(x, y)) < 0.05 < linear_cka(x, y)  # the biased one is inflated
     sampled = debiased_cka(x, x @ np.eye(50) * 2, max_items=100, seed=4)
     assert sampled == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cka_items_follow_the_nli_view(cache_pair):
+    pre, ft = Cache(cache_pair[0]), Cache(cache_pair[1])
+    pair = pre.nli_view == "pair"
+    # Pair caches: one joint attention sequence per item; separate: premise and hypothesis.
+    assert pre.n_attention == (4 if pair else 8)
+    tokenizer = load_tokenizer(pre.meta["model_dir"])
+    if pair:
+        joint = tokenizer(ITEMS[0]["premise"], ITEMS[0]["hypothesis"])["input_ids"]
+        extra = 1 if pre.meta["pair_separator"] else 0
+        assert pre.meta["attention"]["lengths"][0] == len(joint) + extra
+    frame = run_compare(*cache_pair, POINT, {"attention": False, "debiased_cka": False})
+    for layer in range(pre.n_layers):
+        views = ["cls"] if pair else ["premise", "hypothesis"]
+        assert cka_views(pre) == views
+        X = np.concatenate([pre.layer(v, layer) for v in views])
+        Y = np.concatenate([ft.layer(v, layer) for v in views])
+        assert X.shape[0] == (1 if pair else 2) * len(ITEMS)
+        got = frame.query(f"layer == {layer}")["value"].item()
+        np.testing.assert_allclose(got, linear_cka(X, Y), equal_nan=True)
+
+
+def test_caches_of_different_nli_views_are_refused(tiny_bert_dir, tmp_path):
+    run_extract("nli", tiny_bert_dir, ITEMS, tmp_path / "pair", {"nli_view": "pair"})
+    run_extract("nli", tiny_bert_dir, ITEMS, tmp_path / "sep", {"nli_view": "separate"})
+    with pytest.raises(FinescopeError, match="differ in extract setting nli_view"):
+        run_compare(tmp_path / "pair", tmp_path / "sep", POINT, {})

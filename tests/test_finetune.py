@@ -21,7 +21,7 @@ import finescope.finetune as ft
 from finescope.errors import FinescopeError
 from finescope.io import read_json, read_jsonl, write_json, write_jsonl
 from finescope.metrics import ner_metrics, nli_metrics
-from finescope.models import encode_words, load_model, load_tokenizer, word_index
+from finescope.models import encode_pairs, encode_words, load_model, load_tokenizer, word_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -396,9 +396,14 @@ def test_decoder_gives_same_logits_with_left_and_right_padding(arch, task, toy_d
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, task, labels, seed=0).eval()
     assert ft._uses_position_ids(model)
-    enc = ft.encode_items(task, tokenizer, items, labels, 64)
+    enc = ft.encode_items(task, tokenizer, items, labels, 64, decoder=True)
     assert len(set(enc.lengths)) > 1
-    assert all(tokenizer.eos_token_id not in f["input_ids"] for f in enc.features)
+    # The decoders pad with the end-of-text token; it only occurs as the NLI pair separator,
+    # never at the end, where the head reads.
+    for f in enc.features:
+        count = f["input_ids"].count(tokenizer.eos_token_id)
+        assert count == (1 if task == "nli" else 0)
+        assert f["input_ids"][-1] != tokenizer.eos_token_id
 
     logits, predictions = {}, {}
     for side in ("right", "left"):
@@ -417,6 +422,44 @@ def test_decoder_gives_same_logits_with_left_and_right_padding(arch, task, toy_d
                 logits["left"][i, width - n :], logits["right"][i, :n], atol=1e-5, rtol=0
             )
     assert predictions["left"] == predictions["right"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_nli_pairs_are_one_sequence_from_the_shared_pair_encoding(arch, toy_data, request):
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    labels, train, _, _ = ft.load_task_data("nli", toy_data["nli"])
+    items = train[:5]
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, "nli", labels, seed=0)
+    s = ft.resolve_settings({})
+    enc = ft._encode_for(model, tokenizer, "nli", items, labels, s, "train")
+    decoder = arch != "bert"
+    pairs = encode_pairs(
+        tokenizer,
+        [item["premise"] for item in items],
+        [item["hypothesis"] for item in items],
+        s["max_length"],
+        decoder=decoder,
+        token_type_ids=not decoder,
+    )
+    for feature, pair, item in zip(enc.features, pairs, items, strict=True):
+        assert feature["input_ids"] == pair.input_ids
+        assert feature.get("token_type_ids") == pair.token_type_ids
+        assert feature["labels"] == labels.index(item["label"])
+        if decoder:  # premise, eos separator, hypothesis
+            a = tokenizer(item["premise"])["input_ids"]
+            b = tokenizer(item["hypothesis"])["input_ids"]
+            assert feature["input_ids"] == [*a, tokenizer.eos_token_id, *b]
+        else:  # exactly the tokenizer's own pair encoding
+            ref = tokenizer(item["premise"], item["hypothesis"])
+            assert feature["input_ids"] == ref["input_ids"]
+            assert feature["token_type_ids"] == ref["token_type_ids"]
+    assert enc.cls_positions == [pair.cls for pair in pairs]
+    assert enc.cls_positions == (
+        [len(f["input_ids"]) - 1 for f in enc.features] if decoder else [0] * 5
+    )
+    short = ft.encode_items("nli", tokenizer, items, labels, 6, decoder=decoder)
+    assert short.truncated_items == 5 and set(short.lengths) == {6}
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
