@@ -1,4 +1,5 @@
-# finescope: `make run` runs the embedded default, `make test` runs the tests.
+# finescope: `make run` runs the embedded default, `make test` runs the tests (what CI runs),
+# `make test-fast` the unit tests only (no end-to-end Snakemake runs).
 # Both create .venv and install the pinned dependencies on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ CORES ?= all
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench slurm-test lint dag clean
+.PHONY: install run test test-fast bench slurm-test lint dag clean
 
 install: $(STAMP)
 
@@ -26,8 +27,13 @@ run: install
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report results/report.html
 
+# Both tiers: the unit tests and the end-to-end workflow runs on tiny models.
 test: install
 	$(BIN)/python -m pytest
+
+# The unit tests only (not the tests marked workflow).
+test-fast: install
+	$(BIN)/python -m pytest -m "not workflow"
 
 # Each stage against the bare model pass and the study's way, side by side; writes BENCHMARKS.md.
 bench: install

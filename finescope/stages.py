@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from finescope import io
+from finescope.errors import FinescopeError
 
 log = logging.getLogger("finescope")
 
@@ -26,6 +27,11 @@ def logged(
     log_path: str | Path, threads: int | None = None, offline: bool = True
 ) -> Iterator[None]:
     """Send logging, warnings and progress bars of one job to its log file.
+
+    A job that fails on a :class:`FinescopeError` (a problem with the config, the data or a
+    model, with a message saying what to do) writes the traceback to the log and one line,
+    ``finescope: <message> (log: <path>)``, to the console's stderr, then exits with status 1.
+    Any other exception is logged and raised with its traceback.
 
     Compute jobs run offline (``HF_HUB_OFFLINE=1``): models reach them through the folders that
     the local ``prepare_model`` job wrote, which is the only job that may use the network.
@@ -47,9 +53,13 @@ def logged(
     import transformers
 
     transformers.logging.set_verbosity_error()
+    failure: FinescopeError | None = None
     with open(log_path, "a", encoding="utf-8") as stream, contextlib.redirect_stderr(stream):
         try:
             yield
+        except FinescopeError as exc:
+            log.exception("job failed")
+            failure = exc
         except Exception:
             log.exception("job failed")
             raise
@@ -57,6 +67,10 @@ def logged(
             root.removeHandler(handler)
             handler.close()
             sys.stderr.flush()
+    if failure is not None:
+        # stderr is the console's again: one line, no traceback (that is in the log).
+        print(f"finescope: {failure} (log: {log_path})", file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
 
 def prepare_model(ref: str, out_dir: str, facts_path: str, trust_remote_code: bool) -> None:

@@ -6,6 +6,7 @@ Kept free of Snakemake so the same grid can be inspected from a notebook or a te
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,22 +32,76 @@ def _dotted(parts: Sequence) -> str:
     return text
 
 
-def check_unique_keys(paths: Iterable[str | Path]) -> None:
-    """Refuse a config file that repeats a key inside one mapping.
+def _compose(path: Path):
+    """The YAML node tree of a config file; None when it is not YAML (JSON that PyYAML cannot
+    read is left to Snakemake, which reads JSON first)."""
+    try:
+        return yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
 
-    YAML loaders keep the last of two equal keys without a word, so two models given the same
-    name would silently become one. Each file is composed again (nodes keep their line numbers)
-    and every mapping is checked; files that are not YAML are left to Snakemake to report.
+
+def check_config_files(paths: Iterable[str | Path]) -> None:
+    """Refuse a config file that is not YAML, holds no settings, or repeats a key.
+
+    Each message names the file and the line: Snakemake's own message names neither.
     """
     for path in paths:
         path = Path(path)
         if not path.is_file():
             continue
         try:
-            root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-        except (yaml.YAMLError, UnicodeDecodeError):
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise FinescopeError(
+                f"config file {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML."
+            ) from None
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            try:
+                json.loads(text)
+            except ValueError:
+                raise FinescopeError(_yaml_error(path, exc)) from None
             continue
+        if root is None:
+            raise FinescopeError(
+                f"config file {path} line 1: the file is empty (or only comments); give at "
+                "least tasks and models, as in config.yaml."
+            )
+        if not isinstance(root, yaml.MappingNode):
+            raise FinescopeError(
+                f"config file {path} line {root.start_mark.line + 1}: expected settings "
+                "(key: value lines) at the top level, got "
+                f"{'a list' if isinstance(root, yaml.SequenceNode) else repr(root.value)}."
+            )
         _check_node(root, [], path)
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    detail = getattr(exc, "problem", None) or str(exc)
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        since = f" at line {start.line + 1}" if start and start is not mark else ""
+        detail += f" ({context}{' started' if since else ''}{since})"
+    hint = " Indent with spaces, not tabs." if "\\t" in detail else ""
+    return f"config file {path}{where}: not valid YAML: {detail}.{hint}"
+
+
+def check_unique_keys(paths: Iterable[str | Path]) -> None:
+    """Refuse a config file that repeats a key inside one mapping.
+
+    YAML loaders keep the last of two equal keys without a word, so two models given the same
+    name would silently become one. Each file is composed again (nodes keep their line numbers)
+    and every mapping is checked; files that are not YAML are left to
+    :func:`check_config_files`.
+    """
+    for path in paths:
+        path = Path(path)
+        if path.is_file():
+            _check_node(_compose(path), [], path)
 
 
 def _check_node(node, where: list, path: Path) -> None:
@@ -70,9 +125,48 @@ def _check_node(node, where: list, path: Path) -> None:
             _check_node(item, [*where, i], path)
 
 
+def key_location(parts: Sequence, files: Sequence[str | Path]) -> tuple[Path, int] | None:
+    """The config file and line that give the key ``parts`` (``["models", "bert", "ref"]``,
+    list items by index); the last file that gives it wins, as when Snakemake merges them.
+    None when no file gives it (a default, or a value from ``--config``)."""
+    for path in reversed([Path(f) for f in files]):
+        node = _compose(path) if path.is_file() else None
+        line = None
+        for part in parts:
+            if isinstance(node, yaml.MappingNode):
+                match = [(k, v) for k, v in node.value if getattr(k, "value", None) == str(part)]
+                if not match:
+                    break
+                line = match[-1][0].start_mark.line + 1
+                node = match[-1][1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if part >= len(node.value):
+                    break
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        else:
+            if node is not None:
+                return path, line or node.start_mark.line + 1
+    return None
+
+
+def config_key_error(parts: Sequence, message: str, files: Sequence[str | Path] = ()):
+    """``config key <key> in <file>:<line>: <message>`` as a :class:`FinescopeError`; the
+    files are all listed when none of them gives the key."""
+    key = _dotted(parts) or "(top level)"
+    found = key_location(parts, files) if parts else None
+    if found:
+        where = f" in {found[0]}:{found[1]}"
+    else:
+        where = f" in {', '.join(str(f) for f in files)}" if files else ""
+    return FinescopeError(f"config key {key}{where}: {message}")
+
+
 def schema_error(exc: BaseException, files: Sequence[str | Path] = ()) -> FinescopeError | None:
     """The JSON-schema error behind a failed config validation, as one message naming the config
-    key; None when ``exc`` was not caused by one.
+    key and the file and line that give it; None when ``exc`` was not caused by one.
 
     Parameters
     ----------
@@ -87,15 +181,18 @@ def schema_error(exc: BaseException, files: Sequence[str | Path] = ()) -> Finesc
         error = error.__cause__ or error.__context__
     if error is None:
         return None
+    error, alternatives = _specific(error)
     parts = list(error.absolute_path)
     key = _dotted(parts)
     instance = error.instance
-    if error.validator == "additionalProperties" and isinstance(instance, dict):
+    if alternatives:
+        message = f"{instance!r} is none of the allowed forms: " + "; ".join(alternatives)
+    elif error.validator == "additionalProperties" and isinstance(instance, dict):
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted((k for k in instance if k not in allowed), key=str)
         if unknown:
             place = f"under {key}" if key else "at the top level"
-            key = _dotted([*parts, unknown[0]])
+            parts = [*parts, unknown[0]]
             message = f"unknown key {place}; " + unknown_key_hint(unknown[0], allowed)
         else:
             message = error.message
@@ -111,30 +208,114 @@ def schema_error(exc: BaseException, files: Sequence[str | Path] = ()) -> Finesc
                 pass
             else:
                 message += " (YAML reads a number such as 5e-5 as text; write 5.0e-5 or 0.00005)"
-    where = f" in {', '.join(str(f) for f in files)}" if files else ""
-    return FinescopeError(f"config key {key or '(top level)'}{where}: {message}")
+    return config_key_error(parts, message, files)
 
 
-def check_config(config: dict) -> None:
-    """Checks the JSON schema cannot express; each error names the config key."""
+# A value failing one of these at a branch's root does not have the branch's form at all.
+_FORM_VALIDATORS = ("type", "enum", "const")
+
+
+def _specific(error) -> tuple:
+    """For a value that matches no branch of a ``oneOf``/``anyOf``: the error inside the one
+    branch whose form (type or enum) the value has (``mdl: {portions: [1]}`` gives the error
+    at ``mdl.portions``), or, when no branch or several could apply, the error and what each
+    branch says."""
+    while error.validator in ("oneOf", "anyOf") and error.context:
+        branches: dict[int, list] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        typed = [
+            subs
+            for subs in branches.values()
+            if not any(s.validator in _FORM_VALIDATORS and not s.relative_path for s in subs)
+        ]
+        if len(typed) != 1:
+            return error, [min(subs, key=_depth).message for subs in branches.values()]
+        error = max(typed[0], key=_depth)
+    return error, []
+
+
+def _depth(error) -> int:
+    return len(error.absolute_path)
+
+
+def check_config(config: dict, files: Sequence[str | Path] = ()) -> None:
+    """Checks the JSON schema cannot express; each error names the config key and, given the
+    config files, the file and line that set it."""
     for name, model in config["models"].items():
         ref = model["ref"]
-        if ref.startswith((".", "/", "~")) and not Path(ref).expanduser().exists():
-            raise FinescopeError(
-                f"config key models.{name}.ref: local path {Path(ref).expanduser().resolve()} "
-                "does not exist. Give an existing model folder, a hub id, or pypi:/gguf: package."
+        key = ["models", name, "ref"]
+        path = Path(ref).expanduser()
+        if ref.startswith((".", "/", "~")) and not path.exists():
+            raise config_key_error(
+                key,
+                f"local path {path.resolve()} does not exist. Give an existing model folder, "
+                "a hub id, or pypi:/gguf: package.",
+                files,
             )
+        if not ref.startswith((PYPI_PREFIX, GGUF_PREFIX)) and path.exists():
+            if not path.is_dir():
+                raise config_key_error(
+                    key,
+                    f"local path {path.resolve()} is a file; give the model folder (the one "
+                    "with config.json), or gguf:<file> for a GGUF file.",
+                    files,
+                )
+            if not (path / "config.json").is_file():
+                raise config_key_error(
+                    key,
+                    f"local folder {path.resolve()} has no config.json, so it is not a model "
+                    "folder; give the folder that from_pretrained reads (config.json and the "
+                    "weights).",
+                    files,
+                )
+        if ref.startswith(GGUF_PREFIX):
+            target = Path(ref[len(GGUF_PREFIX) :]).expanduser()
+            if target.suffix == ".gguf" and not target.is_file():
+                raise config_key_error(key, f"GGUF file {target.resolve()} does not exist.", files)
         if not ref.startswith((PYPI_PREFIX, GGUF_PREFIX)) and ":" in ref:
-            raise FinescopeError(
-                f"config key models.{name}.ref: {ref!r} has an unknown prefix; use pypi:<package>, "
-                "gguf:<package or file>, a local folder or a hub id"
+            raise config_key_error(
+                key,
+                f"{ref!r} has an unknown prefix; use pypi:<package>, gguf:<package or file>, "
+                "a local folder or a hub id",
+                files,
             )
         if "/" in name or not name.replace("-", "").replace("_", "").isalnum():
-            raise FinescopeError(
-                f"config key models.{name}: model names may hold letters, digits, '-' and '_' only"
+            raise config_key_error(
+                ["models", name], "model names may hold letters, digits, '-' and '_' only", files
             )
+    _check_probes(config, files)
     # Missing data files are reported by the data job, not here, so that a grid whose data sits
     # on another machine (MedNLI on a cluster) can still be planned with `snakemake -n`.
+
+
+def _check_probes(config: dict, files: Sequence[str | Path]) -> None:
+    tasks = list(config["tasks"])
+    probes = config["probe"]["probes"]
+    for i, probe in enumerate(probes):
+        task = TASK_ONLY_PROBES.get(probe)
+        if task is not None and task not in tasks:
+            serves = "; ".join(
+                f"{p} {TASK_ONLY_PROBES[p]} only" if p in TASK_ONLY_PROBES else f"{p} every task"
+                for p in ("linear", "mlp", "svm", "bilstm_crf")
+            )
+            raise config_key_error(
+                ["probe", "probes", i],
+                f"probe {probe!r} serves the {task} task only, which this config does not "
+                f"study (tasks: {', '.join(tasks)}). Probes serve: {serves}. Remove {probe} "
+                f"or add the {task} task.",
+                files,
+            )
+    mdl = config["probe"]["mdl"]
+    portions = mdl.get("portions") if isinstance(mdl, dict) else None
+    if portions is not None and (
+        portions[-1] != 100 or any(b <= a for a, b in zip(portions, portions[1:], strict=False))
+    ):
+        raise config_key_error(
+            ["probe", "mdl", "portions"],
+            f"{portions} must increase strictly and end at 100 (percent of probe-train).",
+            files,
+        )
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ from finescope.workflow import (
     TABLES,
     Grid,
     check_config,
-    check_unique_keys,
+    check_config_files,
     schema_error,
 )
 
-# Before validation: the loaded config has already lost a repeated key.
-check_unique_keys(workflow.configfiles)
+# Before validation: the loaded config has already lost a repeated key. (Snakemake reads a
+# --configfile before the workflow starts and stops on a file it cannot read without naming it.)
+check_config_files(workflow.configfiles)
 try:
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError as exc:
@@ -19,7 +20,7 @@ except WorkflowError as exc:
     if error is None:
         raise
     raise error from None
-check_config(config)
+check_config(config, workflow.configfiles)
 
 GRID = Grid.from_config(config)
 TASKS = GRID.tasks

@@ -17,11 +17,12 @@ def snakemake(
     workdir: Path,
     *args: str,
     check: bool = True,
-    timeout: int = 1200,
+    timeout: int = 3600,
     env: dict[str, str] | None = None,
 ):
     """Run the project's Snakefile with ``workdir`` as working directory; ``env`` adds to the
-    environment that Snakemake and its jobs see."""
+    environment that Snakemake and its jobs see. The timeout catches a hang, not a slow run on
+    a loaded machine."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     cmd = [
         sys.executable,
