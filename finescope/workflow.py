@@ -152,15 +152,17 @@ def key_location(parts: Sequence, files: Sequence[str | Path]) -> tuple[Path, in
     return None
 
 
-def config_key_error(parts: Sequence, message: str, files: Sequence[str | Path] = ()):
-    """``config key <key> in <file>:<line>: <message>`` as a :class:`FinescopeError`; the
-    files are all listed when none of them gives the key."""
+def config_key_error(
+    parts: Sequence, message: str, files: Sequence[str | Path] = ()
+) -> FinescopeError:
+    """``<file>:<line>: config key <key>: <message>`` as a :class:`FinescopeError`, naming the
+    file and line that give the key; ``config key <key> in <files>: <message>`` when none of
+    the files gives it (a default, or a value from ``--config``)."""
     key = _dotted(parts) or "(top level)"
     found = key_location(parts, files) if parts else None
     if found:
-        where = f" in {found[0]}:{found[1]}"
-    else:
-        where = f" in {', '.join(str(f) for f in files)}" if files else ""
+        return FinescopeError(f"{found[0]}:{found[1]}: config key {key}: {message}")
+    where = f" in {', '.join(str(f) for f in files)}" if files else ""
     return FinescopeError(f"config key {key}{where}: {message}")
 
 

@@ -175,7 +175,7 @@ def test_a_bad_setting_is_refused_at_plan_time_naming_key_file_and_line(case, mo
     config = _write(tmp_path, model_dir, changes)
     output = _refused(tmp_path, config)
     message = message.replace("{workdir}", str(tmp_path.resolve()))
-    expected = f"config key {key} in {config}:{_line(config, text)}: {message}"
+    expected = f"{config}:{_line(config, text)}: config key {key}: {message}"
     assert expected in output, f"{expected!r} not in:\n{output[-3000:]}"
 
 
@@ -206,8 +206,7 @@ def test_the_last_config_file_that_sets_a_key_is_named(model_dir, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert (
-        f"config key finetune.warmup_ratio in {extra}:4: 2 is greater than the maximum of 1"
-        in output
+        f"{extra}:4: config key finetune.warmup_ratio: 2 is greater than the maximum of 1" in output
     ), output[-3000:]
 
 

@@ -102,3 +102,45 @@ def test_schema_errors_name_the_config_key(change, message):
         validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
     assert str(schema_error(caught.value, ["c.yaml"])).startswith(message)
     assert schema_error(ValueError("unrelated")) is None
+
+
+def test_schema_errors_name_the_file_and_line_that_set_the_key(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("models:\n  a:\n    ref: x\n    finetune: {learning_rate: abc}\n")
+    second.write_text("seeds: [1]\nmodels:\n  a:\n    finetune:\n      learning_rate: abc\n")
+    config = _config("config.yaml") | {"models": {"a": {"ref": "x", "finetune": {}}}}
+    config["models"]["a"]["finetune"]["learning_rate"] = "abc"
+    with pytest.raises(Exception) as caught:
+        validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
+    # The last file that gives the key is the one whose value Snakemake keeps.
+    assert str(schema_error(caught.value, [first, second])).startswith(
+        f"{second}:5: config key models.a.finetune.learning_rate: 'abc' is not of type"
+    )
+    assert str(schema_error(caught.value, [first])).startswith(
+        f"{first}:4: config key models.a.finetune.learning_rate:"
+    )
+    # A value no file gives (from --config): every file is named.
+    assert str(schema_error(caught.value, [tmp_path / "c.yaml"])).startswith(
+        f"config key models.a.finetune.learning_rate in {tmp_path / 'c.yaml'}:"
+    )
+
+
+@pytest.mark.parametrize(
+    ("probe", "message"),
+    [
+        # Only the mapping form of mdl fits a mapping: the error inside it.
+        ({"mdl": {"portions": [100]}}, "config key probe.mdl.portions: [100] is too short"),
+        (
+            {"svm": {"gamma": "abc"}},
+            "config key probe.svm.gamma: 'abc' is none of the allowed forms: 'abc' is not one "
+            "of ['scale', 'auto']; 'abc' is not of type 'number'",
+        ),
+        ({"svm": {"gamma": -1}}, "config key probe.svm.gamma: -1 is less than or equal to"),
+        ({"linear": {"C": [0.1, "x"]}}, "config key probe.linear.C[1]: 'x' is not of type"),
+    ],
+)
+def test_a_setting_with_alternative_forms_names_the_error_of_the_form_it_has(probe, message):
+    config = _config("config.yaml") | {"probe": probe}
+    with pytest.raises(Exception) as caught:
+        validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
+    assert str(schema_error(caught.value)).startswith(message)
