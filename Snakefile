@@ -5,6 +5,10 @@ min_version("9.0")
 
 # A --configfile given on the command line replaces the default instead of merging into it.
 if not workflow.overwrite_configfiles:
+    # Checked before loading, so a YAML error or an empty file is reported with file and line.
+    from finescope.workflow import check_config_files
+
+    check_config_files(["config.yaml"])
 
     configfile: "config.yaml"
 

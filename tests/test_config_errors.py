@@ -238,6 +238,13 @@ def test_a_config_file_that_is_not_settings_is_refused_with_its_line(text, messa
     ).startswith(f"config file {path}: {message}"), str(caught.value)
 
 
+def test_a_broken_default_config_yaml_is_reported_by_the_workflow_with_its_line(tmp_path):
+    (tmp_path / "config.yaml").write_text("tasks: {nli: [\n  bad\n")
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert "config file config.yaml line 3, column 1: not valid YAML" in result.stderr
+
+
 def test_a_json_config_file_is_left_to_snakemake(tmp_path):
     path = tmp_path / "config.json"
     path.write_text('{"tasks": {"ner": {"data": {"source": "synthetic"}}}}')
