@@ -242,7 +242,9 @@ def test_a_broken_default_config_yaml_is_reported_by_the_workflow_with_its_line(
     (tmp_path / "config.yaml").write_text("tasks: {nli: [\n  bad\n")
     result = snakemake(tmp_path, "-n", check=False)
     assert result.returncode != 0
-    assert "config file config.yaml line 3, column 1: not valid YAML" in result.stderr
+    assert (
+        "config file config.yaml line 3, column 1: not valid YAML" in result.stdout + result.stderr
+    )
 
 
 def test_a_json_config_file_is_left_to_snakemake(tmp_path):
