@@ -821,15 +821,17 @@ def test_data_report(tmp_path):
         write_subset(path, subsample_ids(train, "nli", 1, fraction=fraction), "nli", fraction, 1)
         files.append(path)
     frame = data_report("nli", data_dir, files)
-    assert list(frame.columns) == ["task", "split", "fraction", "seed", "label", "count"]
+    columns = ["task", "split", "fraction", "seed", "label", "count", "probe_overlap"]
+    assert list(frame.columns) == columns
     assert list(frame["split"].unique()) == ["train", "dev", "test", "train f10 s1", "train f50 s1"]
+    assert frame["probe_overlap"].isna().all()  # no probe pool in this data folder
     counts = {(r.split, r.label): r.count for r in frame.itertuples()}
     assert counts[("train", "(items)")] == 60 and counts[("train", "neutral")] == 20
     assert counts[("train f10 s1", "(items)")] == 6
     assert counts[("train f50 s1", "entailment")] == 10
     csv_lines = frame.to_csv(index=False).splitlines()
-    assert csv_lines[1] == "nli,train,,,(items),60"
-    assert csv_lines[-1] == "nli,train f50 s1,50,1,neutral,10"
+    assert csv_lines[1] == "nli,train,,,(items),60,"
+    assert csv_lines[-1] == "nli,train f50 s1,50,1,neutral,10,"
 
 
 def test_data_report_ner_and_stale_subset(tmp_path):
