@@ -106,3 +106,24 @@ def test_no_probe_item_is_in_any_fine_tuning_subset_of_a_run(tmp_path, tiny_bert
     subset_rows = table[table["split"].str.startswith("train f")]
     assert len(subset_rows) and (subset_rows["probe_overlap"] == 0).all()
     assert {"probe train", "probe dev"} <= set(table["split"])
+
+
+def test_the_data_report_counts_overlap_and_refuses_a_stale_pool(tmp_path):
+    from finescope.data import data_report
+    from finescope.io import write_jsonl
+    from finescope.subsample import write_subset
+
+    cfg = {"source": "synthetic", "train": 60, "dev": 9, "test": 12}
+    prepare_task("nli", cfg, tmp_path, 0, probe_pool={"size": 12})
+    train = read_jsonl(tmp_path / "train.jsonl")
+    subset = tmp_path / "f50.json"
+    write_subset(subset, subsample_ids(train, "nli", 1, fraction=50), "nli", 50, 1)
+    frame = data_report("nli", tmp_path, [subset])
+    rows = frame[frame["split"] == "train f50 s1"]
+    assert len(rows) and (rows["probe_overlap"] == 0).all()
+    items = frame[frame["label"] == "(items)"].set_index("split")["count"]
+    assert items["probe train"] == 9 and items["probe dev"] == 3 and items["train"] == 48
+    # A pool that train also holds (a data folder edited by hand) is refused.
+    write_jsonl(tmp_path / "probe.jsonl", [*read_jsonl(tmp_path / "probe.jsonl"), train[0]])
+    with pytest.raises(FinescopeError, match="also in"):
+        data_report("nli", tmp_path, [subset])
