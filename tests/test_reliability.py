@@ -31,9 +31,10 @@ pytestmark = pytest.mark.workflow
 ANALYSIS = {"tables": 1, "correlations": 1, "figures": 1, "summary": 1, "all": 1}
 # NER reads local token<TAB>tag files (so that a data edit can be tested); NLI is synthetic.
 # One sentence more than the corpus holds, for the data-edit scenario.
-NER_ITEMS = generate_splits("ner", {"train": 25, "dev": 9, "test": 15}, seed=5)
+# 40 training sentences: 16 go to the probe pool (tiny_config), 24 are left to fine-tune on.
+NER_ITEMS = generate_splits("ner", {"train": 41, "dev": 9, "test": 15}, seed=5)
 TASKS = {
-    "nli": {"data": {"source": "synthetic", "train": 24, "dev": 9, "test": 15}},
+    "nli": {"data": {"source": "synthetic", "train": 40, "dev": 9, "test": 15}},
     "ner": {
         "data": {
             "source": "files",
@@ -61,7 +62,7 @@ def _tsv(items: list[dict]) -> str:
 def _write_corpus(workdir: Path) -> None:
     corpus = workdir / "corpus"
     corpus.mkdir()
-    (corpus / "train.tsv").write_text(_tsv(NER_ITEMS["train"][:24]))
+    (corpus / "train.tsv").write_text(_tsv(NER_ITEMS["train"][:40]))
     (corpus / "dev.tsv").write_text(_tsv(NER_ITEMS["dev"]))
     (corpus / "test.tsv").write_text(_tsv(NER_ITEMS["test"]))
 
@@ -207,7 +208,7 @@ def test_a_new_seed_runs_only_the_new_grid_points(finished):
 def test_an_edited_data_file_reruns_its_task_only(finished, tmp_path):
     workdir = _copy(finished, tmp_path)
     with (workdir / "corpus" / "train.tsv").open("a") as fh:
-        fh.write(_tsv(NER_ITEMS["train"][24:]))
+        fh.write(_tsv(NER_ITEMS["train"][40:]))
     rules, jobs = _planned(workdir, workdir / "config.yaml")
     # Everything downstream of the NER data, nothing of NLI or of the model.
     ner = {
@@ -240,7 +241,8 @@ def test_a_killed_finetune_resumes_to_the_metrics_of_an_uninterrupted_run(finish
     shutil.rmtree(point)
     target = "results/finetune/ner/bert/f100/s1/metrics.json"
 
-    # 24 sentences / batch 8 = 3 steps; a checkpoint every 2 steps; killed after the first.
+    # 24 sentences (40 less the probe pool) / batch 8 = 3 steps; a checkpoint every 2 steps;
+    # killed after the first.
     killed = _run(workdir, target, check=False, env={KILL_AFTER_CHECKPOINT_ENV: "1"})
     assert killed.returncode != 0
     assert "Error in rule finetune" in killed.stdout + killed.stderr

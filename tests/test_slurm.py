@@ -36,7 +36,7 @@ TABLES = ["downstream", "probing", "change"]
 # The tiny config cut to what exercises every rule once or twice: one task, one model, the
 # pre-trained and one trained point, the fast probe only (each job pays seconds of imports).
 SMALL = {
-    "tasks": {"ner": {"data": {"source": "synthetic", "train": 24, "dev": 9, "test": 15}}},
+    "tasks": {"ner": {"data": {"source": "synthetic", "train": 40, "dev": 9, "test": 15}}},
     "fractions": [0, 100],
     "probe": {"probes": ["linear"], "selectivity": False, "mdl": False, "random_baseline": False},
 }
