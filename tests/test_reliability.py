@@ -366,7 +366,8 @@ def test_two_clean_runs_give_identical_results(finished, tmp_path):
     for folder in ("results/data", "results/subsets"):
         first_files = sorted(p.relative_to(finished) for p in (finished / folder).rglob("*.*"))
         second_files = sorted(p.relative_to(second) for p in (second / folder).rglob("*.*"))
-        assert len(first_files) == (8 if folder == "results/data" else 2)
+        # data: train, dev, test, probe (the probe pool) and labels.json per task.
+        assert len(first_files) == (10 if folder == "results/data" else 2)
         assert second_files == first_files, folder
         for rel in first_files:
             assert (second / rel).read_bytes() == (finished / rel).read_bytes(), rel
