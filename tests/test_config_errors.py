@@ -4,7 +4,6 @@ line on the console; the traceback is in its log."""
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import yaml
 
 from finescope.errors import FinescopeError
 from finescope.workflow import check_config_files
-from tests.workflow_utils import ROOT, snakemake, tiny_config
+from tests.workflow_utils import ROOT, merge_config, snakemake, tiny_config
 
 NER_ONLY = {"ner": {"data": {"source": "synthetic", "train": 40, "dev": 9, "test": 15}}}
 NLI_ONLY = {"nli": {"data": {"source": "synthetic", "train": 40, "dev": 9, "test": 15}}}
@@ -31,22 +30,12 @@ def model_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _write(workdir: Path, model_dir: Path, changes: dict) -> Path:
     """The tiny config with ``changes`` merged in (``tasks`` replaced), as bad.yaml."""
     base = yaml.safe_load(tiny_config(workdir, {"bert": (model_dir, "encoder")}).read_text())
     base["tasks"] = changes.pop("tasks", base["tasks"])
     config = workdir / "bad.yaml"
-    config.write_text(yaml.safe_dump(_merge(base, changes), sort_keys=False))
+    config.write_text(yaml.safe_dump(merge_config(base, changes), sort_keys=False))
     return config
 
 

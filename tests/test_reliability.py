@@ -9,7 +9,6 @@ of it (``copytree`` keeps the modification times and Snakemake's metadata in .sn
 
 from __future__ import annotations
 
-import copy
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,7 @@ from safetensors.torch import load_file
 from finescope.finetune import KILL_AFTER_CHECKPOINT_ENV
 from finescope.io import KILL_BEFORE_RENAME_ENV, read_json
 from finescope.synthetic import generate_splits
-from tests.workflow_utils import dry_run_jobs, planned_jobs, snakemake, tiny_config
+from tests.workflow_utils import dry_run_jobs, merge_config, planned_jobs, snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
 
@@ -87,19 +86,9 @@ def _run(workdir: Path, *targets: str, check: bool = True, env: dict | None = No
     return snakemake(workdir, *targets, *RUN, "--configfile", config, check=check, env=env)
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _variant(workdir: Path, name: str, **changes) -> Path:
     """The finished run's config with ``changes`` merged in, as its own file."""
-    config = _merge(yaml.safe_load((workdir / "config.yaml").read_text()), changes)
+    config = merge_config(yaml.safe_load((workdir / "config.yaml").read_text()), changes)
     path = workdir / f"config-{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
