@@ -30,3 +30,16 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+
+
+# The number of warnings the jobs raised (listed in results/summary.md) after the run.
+onsuccess:
+    from finescope.job_warnings import print_count
+
+    print_count(GRID.description())
+
+
+onerror:
+    from finescope.job_warnings import print_count
+
+    print_count(GRID.description(), summary=None)

@@ -42,9 +42,19 @@ NLI_FORMATS = ("jsonl", "csv", "tsv")
 NER_FORMATS = ("tsv", "conll", "iob2", "jsonl")
 SCHEMES = {"iob2": "iob2", "bio": "iob2", "iob1": "iob1", "iob": "iob1", "iobes": "iobes"}
 
-COMMON_KEYS = {"source", "labels", "scheme", "strict", "dev_fraction", "test_fraction"}
+COMMON_KEYS = {
+    "source",
+    "labels",
+    "scheme",
+    "strict",
+    "dev_fraction",
+    "test_fraction",
+    "allow_unseen_labels",
+    "on_bad_rows",
+}
 ALLOWED_KEYS = {
-    "synthetic": {"source", "train", "dev", "test"},
+    # The schema fills in the defaults of the last two for every source.
+    "synthetic": {"source", "train", "dev", "test", "allow_unseen_labels", "on_bad_rows"},
     "files": COMMON_KEYS | {"format", "train", "dev", "test", "columns", "tag_names"},
     "hf": COMMON_KEYS | {"name", "config", "data_files", "splits", "columns", "tag_names"},
 }
@@ -71,6 +81,39 @@ SUFFIX_FORMATS = {
 }
 UNLABELED = {"", "-"}
 TAG_RE = re.compile(r"^([A-Z])-(\S.*)$")
+BAD_ROWS = ("error", "skip")
+BAD_ROW_EXAMPLES = 3  # file:line examples kept per reason under on_bad_rows: skip
+
+
+class _BadRow(FinescopeError):
+    """A row the readers refuse; dropped and counted under ``on_bad_rows: skip``."""
+
+    def __init__(self, reason: str, where: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.where = where
+
+
+class _BadRows:
+    """Raises a bad row's error (``on_bad_rows: error``) or counts it by reason (``skip``)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.reasons: dict[str, dict] = {}
+
+    def reject(self, bad: _BadRow) -> None:
+        if self.mode == "error":
+            raise bad
+        entry = self.reasons.setdefault(bad.reason, {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < BAD_ROW_EXAMPLES:
+            entry["examples"].append(bad.where)
+
+    def total(self) -> int:
+        return sum(entry["count"] for entry in self.reasons.values())
+
+    def report(self) -> dict:
+        return {reason: self.reasons[reason] for reason in sorted(self.reasons)}
 
 
 @dataclass
@@ -94,6 +137,10 @@ class _Split:
     records: list[_Record]
     provenance: dict
     origin: str  # file path or hf split, for messages
+
+    def __post_init__(self) -> None:
+        # Rows dropped under on_bad_rows: skip come back from the record readers as None.
+        self.records = [r for r in self.records if r is not None]
 
 
 class _Cfg:
@@ -121,6 +168,10 @@ class _Cfg:
                 f"unknown key for source '{source}'; "
                 + unknown_key_hint(unknown[0], ALLOWED_KEYS[source]),
             )
+        mode = self.get("on_bad_rows", "error")
+        if mode not in BAD_ROWS:
+            raise self.error("on_bad_rows", f"{mode!r} is not one of {', '.join(BAD_ROWS)}")
+        self.bad_rows = _BadRows(mode)
 
     def key(self, name: str) -> str:
         return f"tasks.{self.task}.data.{name}"
@@ -217,7 +268,7 @@ def _lines(text: str) -> Iterable[tuple[int, str]]:
         yield number, line.rstrip("\r")
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterable[tuple[str, dict]]:
+def _jsonl_rows(path: Path, text: str, bad_rows: _BadRows) -> Iterable[tuple[str, dict]]:
     for number, line in _lines(text):
         if not line.strip():
             continue
@@ -225,19 +276,31 @@ def _jsonl_rows(path: Path, text: str) -> Iterable[tuple[str, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise FinescopeError(
-                f"{where}: malformed JSON ({err.msg} at column {err.colno}); "
-                "fix or remove the line."
-            ) from None
-        if not isinstance(row, dict):
-            raise FinescopeError(
-                f"{where}: expected a JSON object per line, got {row!r:.60}; "
-                "write one object per line."
+            bad_rows.reject(
+                _BadRow(
+                    "malformed JSON",
+                    where,
+                    f"{where}: malformed JSON ({err.msg} at column {err.colno}); "
+                    "fix or remove the line.",
+                )
             )
+            continue
+        if not isinstance(row, dict):
+            bad_rows.reject(
+                _BadRow(
+                    "not a JSON object",
+                    where,
+                    f"{where}: expected a JSON object per line, got {row!r:.60}; "
+                    "write one object per line.",
+                )
+            )
+            continue
         yield where, row
 
 
-def _table_rows(path: Path, text: str, delimiter: str) -> Iterable[tuple[str, dict]]:
+def _table_rows(
+    path: Path, text: str, delimiter: str, bad_rows: _BadRows
+) -> Iterable[tuple[str, dict]]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     try:
@@ -250,10 +313,15 @@ def _table_rows(path: Path, text: str, delimiter: str) -> Iterable[tuple[str, di
                 continue
             where = f"{path}:{reader.line_num}"
             if len(row) != len(header):
-                raise FinescopeError(
-                    f"{where}: {len(row)} fields but the header (line 1) has {len(header)}; "
-                    "check the delimiter and quoting of this line."
+                bad_rows.reject(
+                    _BadRow(
+                        "wrong number of fields",
+                        where,
+                        f"{where}: {len(row)} fields but the header (line 1) has "
+                        f"{len(header)}; check the delimiter and quoting of this line.",
+                    )
                 )
+                continue
             yield where, dict(zip(header, row, strict=True))
     except csv.Error as err:
         raise FinescopeError(
@@ -283,8 +351,10 @@ def _row_id(row: Mapping, columns: dict[str, str], explicit: set[str], where: st
     value = row.get(columns["id"])
     if value is None or (isinstance(value, str) and not value.strip()):
         if "id" in explicit:
-            raise FinescopeError(
-                f"{where}: missing id field {columns['id']!r}; add it or remove columns.id."
+            raise _BadRow(
+                "missing id",
+                where,
+                f"{where}: missing id field {columns['id']!r}; add it or remove columns.id.",
             )
         return None
     return str(value).strip()
@@ -298,37 +368,66 @@ def _nli_record(
     cfg: _Cfg,
     label_names: list[str] | None = None,
     declared: list[str] | None = None,
+) -> _Record | None:
+    """The row as a record; None when it is bad and ``on_bad_rows`` is skip."""
+    try:
+        return _nli_fields(row, columns, explicit, where, cfg, label_names, declared)
+    except _BadRow as bad:
+        cfg.bad_rows.reject(bad)
+        return None
+
+
+def _nli_fields(
+    row: Mapping,
+    columns: dict[str, str],
+    explicit: set[str],
+    where: str,
+    cfg: _Cfg,
+    label_names: list[str] | None,
+    declared: list[str] | None,
 ) -> _Record:
     fields = {}
     for role in ("premise", "hypothesis", "label"):
         col = columns[role]
         if col not in row or row[col] is None:
-            raise FinescopeError(
+            raise _BadRow(
+                "missing field",
+                where,
                 f"{where}: missing field {col!r} (the {role}); add it, or set "
-                f"{cfg.key('columns.' + role)} to the name used in the data."
+                f"{cfg.key('columns.' + role)} to the name used in the data.",
             )
         value = row[col]
         if role == "label" and isinstance(value, int) and not isinstance(value, bool):
             if value < 0 or label_names is None or value >= len(label_names):
-                raise FinescopeError(
+                raise _BadRow(
+                    "no gold label" if value < 0 else "unknown label",
+                    where,
                     f"{where}: label {value} has no name (negative labels mark unlabeled "
-                    f"rows); remove the row or declare names in {cfg.key('labels')}."
+                    f"rows); remove the row or declare names in {cfg.key('labels')}.",
                 )
             value = label_names[value]
         if not isinstance(value, str):
-            raise FinescopeError(f"{where}: field {col!r} must be text, got {value!r:.60}.")
+            raise _BadRow(
+                "wrong type", where, f"{where}: field {col!r} must be text, got {value!r:.60}."
+            )
         value = value.strip()
         if role != "label" and not value:
-            raise FinescopeError(f"{where}: empty {role} ({col!r}); fix or remove the row.")
+            raise _BadRow(
+                "empty text", where, f"{where}: empty {role} ({col!r}); fix or remove the row."
+            )
         if role == "label" and value in UNLABELED:
-            raise FinescopeError(
+            raise _BadRow(
+                "no gold label",
+                where,
                 f"{where}: no gold label ({col!r} is {value!r}, e.g. annotators disagreed); "
-                "remove the row or give it a label."
+                "remove the row or give it a label.",
             )
         if role == "label" and declared is not None and value not in declared:
-            raise FinescopeError(
+            raise _BadRow(
+                "unknown label",
+                where,
                 f"{where}: label {value!r} is not one of the labels declared in "
-                f"{cfg.key('labels')} ({', '.join(declared)}); fix the row or add the label."
+                f"{cfg.key('labels')} ({', '.join(declared)}); fix the row or add the label.",
             )
         fields[role] = value
     return _Record(fields, _row_id(row, columns, explicit, where), where)
@@ -341,55 +440,85 @@ def _ner_record(
     where: str,
     cfg: _Cfg,
     tag_names: list[str] | None,
+) -> _Record | None:
+    """The row as a record; None when it is bad and ``on_bad_rows`` is skip."""
+    try:
+        return _ner_fields(row, columns, explicit, where, cfg, tag_names)
+    except _BadRow as bad:
+        cfg.bad_rows.reject(bad)
+        return None
+
+
+def _ner_fields(
+    row: Mapping,
+    columns: dict[str, str],
+    explicit: set[str],
+    where: str,
+    cfg: _Cfg,
+    tag_names: list[str] | None,
 ) -> _Record:
     for role in ("tokens", "tags"):
         if columns[role] not in row:
-            raise FinescopeError(
+            raise _BadRow(
+                "missing field",
+                where,
                 f"{where}: missing field {columns[role]!r} (the {role}); add it, or set "
-                f"{cfg.key('columns.' + role)} to the name used in the data."
+                f"{cfg.key('columns.' + role)} to the name used in the data.",
             )
     tokens, tags = row[columns["tokens"]], row[columns["tags"]]
     if not isinstance(tokens, list) or not isinstance(tags, list):
-        raise FinescopeError(f"{where}: tokens and tags must be lists.")
+        raise _BadRow("wrong type", where, f"{where}: tokens and tags must be lists.")
     if len(tokens) != len(tags):
-        raise FinescopeError(
-            f"{where}: {len(tokens)} tokens but {len(tags)} tags; each token needs one tag."
+        raise _BadRow(
+            "tokens/tags length mismatch",
+            where,
+            f"{where}: {len(tokens)} tokens but {len(tags)} tags; each token needs one tag.",
         )
     if not tokens:
-        raise FinescopeError(f"{where}: a sentence without tokens; remove it.")
+        raise _BadRow("no tokens", where, f"{where}: a sentence without tokens; remove it.")
     names = []
     for j, tag in enumerate(tags):
         if isinstance(tag, int) and not isinstance(tag, bool):
             if tag_names is None or not 0 <= tag < len(tag_names):
-                raise FinescopeError(
+                raise _BadRow(
+                    "unknown label",
+                    where,
                     f"{where}: integer tag {tag} has no name; give the tag names in "
-                    f"{cfg.key('tag_names')} (a list in id order or a mapping name: id)."
+                    f"{cfg.key('tag_names')} (a list in id order or a mapping name: id).",
                 )
             tag = tag_names[tag]
         if not isinstance(tag, str):
-            raise FinescopeError(f"{where}: tag {j} ({tag!r}) must be text or an integer id.")
+            raise _BadRow(
+                "wrong type", where, f"{where}: tag {j} ({tag!r}) must be text or an integer id."
+            )
         names.append(tag.strip())
     clean = [str(t).strip() for t in tokens]
     if any(not t for t in clean):
-        raise FinescopeError(f"{where}: an empty token; remove it or fix the tokenisation.")
+        raise _BadRow(
+            "empty token", where, f"{where}: an empty token; remove it or fix the tokenisation."
+        )
     return _Record({"tokens": clean, "tags": names}, _row_id(row, columns, explicit, where), where)
 
 
-def _read_ner_columns(path: Path, text: str, fmt: str) -> list[_Record]:
-    """Token-per-line files: token first, tag last, blank line between sentences."""
+def _read_ner_columns(path: Path, text: str, fmt: str, bad_rows: _BadRows) -> list[_Record]:
+    """Token-per-line files: token first, tag last, blank line between sentences. Under
+    ``on_bad_rows: skip`` a bad line drops its whole sentence."""
     records: list[_Record] = []
     tokens: list[str] = []
     tags: list[str] = []
     first = 0
     width: int | None = None
+    spoilt = False  # the current sentence has a bad line
 
     def flush() -> None:
-        if tokens:
+        nonlocal spoilt
+        if tokens and not spoilt:
             records.append(
                 _Record({"tokens": tokens[:], "tags": tags[:]}, None, f"{path}:{first}", first)
             )
-            tokens.clear()
-            tags.clear()
+        tokens.clear()
+        tags.clear()
+        spoilt = False
 
     for number, line in _lines(text):
         if not line.strip() or line.startswith("###MEDLINE:"):
@@ -399,19 +528,28 @@ def _read_ner_columns(path: Path, text: str, fmt: str) -> list[_Record]:
         if cols[0] == "-DOCSTART-":
             flush()
             continue
+        bad = None
         if len(cols) < 2 or not cols[0] or not cols[-1]:
-            raise FinescopeError(
+            bad = _BadRow(
+                "missing token or tag",
+                f"{path}:{number}",
                 f"{path}:{number}: expected a token and a tag "
                 f"({'tab' if fmt == 'tsv' else 'whitespace'}-separated), got {line!r:.80}; "
-                "fix the line."
+                "fix the line.",
             )
-        if width is None:
+        elif width is None:
             width = len(cols)
         elif len(cols) != width:
-            raise FinescopeError(
+            bad = _BadRow(
+                "wrong number of columns",
+                f"{path}:{number}",
                 f"{path}:{number}: {len(cols)} columns but earlier lines have {width} "
-                "(token/tag count mismatch); fix the line."
+                "(token/tag count mismatch); fix the line.",
             )
+        if bad is not None:
+            bad_rows.reject(bad)
+            spoilt = True
+            continue
         if not tokens:
             first = number
         tokens.append(cols[0])
@@ -433,9 +571,11 @@ def _normalise_tags(record: _Record, scheme: str, strict: bool, cfg: _Cfg) -> in
             continue
         match = TAG_RE.match(tag)
         if not match or match.group(1) not in allowed:
-            raise FinescopeError(
+            raise _BadRow(
+                "tag not in the scheme",
+                record.token_where(j),
                 f"{record.token_where(j)}: tag {tag!r} is not {scheme.upper()} (expected O or "
-                f"{'/'.join(allowed)}-TYPE); fix the tag or set {cfg.key('scheme')}."
+                f"{'/'.join(allowed)}-TYPE); fix the tag or set {cfg.key('scheme')}.",
             )
         prefix, etype = match.groups()
         if prefix in "BS":
@@ -515,19 +655,19 @@ def _read_files(cfg: _Cfg) -> dict[str, _Split]:
         text = _read_text(path, cfg, split)
         records: list[_Record] = []
         if cfg.task == "ner" and fmt != "jsonl":
-            records = _read_ner_columns(path, text, fmt)
+            records = _read_ner_columns(path, text, fmt, cfg.bad_rows)
         elif cfg.task == "ner":
             columns, explicit = cfg.columns(NER_COLUMNS)
-            for where, row in _jsonl_rows(path, text):
+            for where, row in _jsonl_rows(path, text, cfg.bad_rows):
                 records.append(_ner_record(row, columns, explicit, where, cfg, tag_names))
         else:
             columns, explicit = cfg.columns(
                 NLI_COLUMNS_JSONL if fmt == "jsonl" else NLI_COLUMNS_TABLE
             )
             if fmt == "jsonl":
-                rows = _jsonl_rows(path, text)
+                rows = _jsonl_rows(path, text, cfg.bad_rows)
             else:
-                rows = _table_rows(path, text, "," if fmt == "csv" else "\t")
+                rows = _table_rows(path, text, "," if fmt == "csv" else "\t", cfg.bad_rows)
             first = True
             for where, row in rows:
                 if first and fmt != "jsonl":
@@ -669,8 +809,9 @@ def _synthetic_items(cfg: _Cfg, seed: int) -> tuple[dict[str, list[dict]], dict[
 # ---------------------------------------------------------------------------------------------
 
 
-def _items(split: str, data: _Split) -> list[dict]:
-    """Canonical items with ids; ids must be unique within the split."""
+def _items(split: str, data: _Split, bad_rows: _BadRows) -> list[dict]:
+    """Canonical items with ids; ids must be unique within the split (under ``on_bad_rows:
+    skip`` a repeated id drops the later row)."""
     if not data.records:
         raise FinescopeError(
             f"{data.origin}: the {split} split has no items; give a file with data."
@@ -680,10 +821,16 @@ def _items(split: str, data: _Split) -> list[dict]:
     for index, record in enumerate(data.records):
         item_id = record.id if record.id is not None else f"{split}-{index}"
         if item_id in first_seen:
-            raise FinescopeError(
-                f"{record.where}: duplicate id {item_id!r} (first at {first_seen[item_id]}); "
-                "ids must be unique within a split: fix the data or drop the id column."
+            bad_rows.reject(
+                _BadRow(
+                    "duplicate id",
+                    record.where,
+                    f"{record.where}: duplicate id {item_id!r} (first at "
+                    f"{first_seen[item_id]}); ids must be unique within a split: fix the data "
+                    "or drop the id column.",
+                )
             )
+            continue
         first_seen[item_id] = record.where
         items.append({"id": item_id, **record.fields})
     return items
@@ -814,6 +961,38 @@ def _stats(task: str, items: list[dict], labels: list[str]) -> dict:
     }
 
 
+def _check_unseen_labels(items: dict[str, list[dict]], cfg: _Cfg, labels: list[str]) -> None:
+    """A label of dev or test that train (what fine-tuning reads) never has is an error, or
+    with ``allow_unseen_labels: true`` a warning."""
+    task = cfg.task
+    in_train = set().union(*(item_labels(i, task) for i in items["train"]))
+    found: dict[str, str] = {}  # label -> "split (e.g. item id)"
+    for split in ("dev", "test"):
+        for item in items[split]:
+            for label in sorted(item_labels(item, task) - in_train):
+                found.setdefault(label, f"{split}, e.g. item {item['id']!r}")
+    if not found:
+        return
+    what = "label" if task == "nli" else "entity type"
+    listed = "; ".join(f"{label} ({where})" for label, where in sorted(found.items()))
+    text = (
+        f"{cfg.key('source')}: {len(found)} {what}(s) occur in dev/test but never in the train "
+        f"split that fine-tuning reads: {listed}"
+    )
+    if cfg.flag("allow_unseen_labels"):
+        warnings.warn(
+            f"{text}; kept as {cfg.key('allow_unseen_labels')} is true (a fine-tuned model "
+            "cannot predict them).",
+            stacklevel=3,
+        )
+        return
+    raise FinescopeError(
+        f"{text}. A fine-tuned model cannot learn them: fix the data (or a smaller "
+        f"probe_pool.size, which takes items out of train), or set "
+        f"{cfg.key('allow_unseen_labels')}: true to keep them."
+    )
+
+
 def prepare_task(
     task: str, data_cfg: dict, out_dir: Path, seed: int, probe_pool: Mapping | None = None
 ) -> dict:
@@ -842,6 +1021,7 @@ def prepare_task(
         adds ``"tokens"``; with a pool, also ``"probe"``.
     """
     cfg = _Cfg(task, data_cfg)
+    cfg.flag("allow_unseen_labels")  # validate early
     provenance: dict[str, dict] = {}
     if cfg.source == "synthetic":
         items, provenance = _synthetic_items(cfg, seed)
@@ -853,7 +1033,13 @@ def prepare_task(
         items = {}
         for split, data in raw.items():
             if task == "ner":
-                repairs = sum(_normalise_tags(r, scheme, strict, cfg) for r in data.records)
+                repairs = 0
+                for record in list(data.records):
+                    try:
+                        repairs += _normalise_tags(record, scheme, strict, cfg)
+                    except _BadRow as bad:
+                        cfg.bad_rows.reject(bad)
+                        data.records.remove(record)
                 if repairs:
                     warnings.warn(
                         f"{data.origin}: repaired {repairs} tag(s) 'I-X' that followed 'O' or "
@@ -861,8 +1047,19 @@ def prepare_task(
                         "an error.",
                         stacklevel=2,
                     )
-            items[split] = _items(split, data)
+            items[split] = _items(split, data, cfg.bad_rows)
             provenance[split] = data.provenance
+        skipped = cfg.bad_rows.total()
+        if skipped:
+            reasons = "; ".join(
+                f"{reason}: {entry['count']} (e.g. {', '.join(entry['examples'])})"
+                for reason, entry in cfg.bad_rows.report().items()
+            )
+            warnings.warn(
+                f"{cfg.key('on_bad_rows')} is skip: {skipped} bad row(s) left out of the data: "
+                f"{reasons}.",
+                stacklevel=2,
+            )
         _derive(items, provenance, cfg, seed)
 
     pool = None
@@ -902,6 +1099,8 @@ def prepare_task(
     for split in SPLITS:
         if not items[split]:
             raise FinescopeError(f"{cfg.key(split)}: the {split} split is empty.")
+    _check_unseen_labels(items, cfg, stat_labels)
+    for split in SPLITS:
         missing = sorted(
             set(stat_labels) - set().union(*(item_labels(i, task) for i in items[split]))
         )
@@ -917,6 +1116,8 @@ def prepare_task(
     if pool is not None:
         write_jsonl(out_dir / f"{PROBE_SPLIT}.jsonl", pool)
         stats[PROBE_SPLIT] = _stats(task, pool, stat_labels)
+    if cfg.bad_rows.reasons:
+        meta["skipped_rows"] = cfg.bad_rows.report()
     write_json(out_dir / "labels.json", meta)
     return stats
 
@@ -947,7 +1148,8 @@ def data_report(task: str, data_dir: Path, subset_files: Iterable[Path] = ()) ->
         Label "(items)" counts items and, for NER, "(tokens)" counts tokens; the other rows
         count items per label (NLI) or entities per type (NER). ``probe_overlap`` (subset rows
         only, with a pool) is the number of the subset's items that are also probe items,
-        counted from the files: 0 unless the data is stale.
+        counted from the files: 0 unless the data is stale. Under ``on_bad_rows: skip``, rows
+        with split "skipped" count the source rows left out, one per reason (the label).
     """
     import pandas as pd
 
@@ -997,6 +1199,18 @@ def data_report(task: str, data_dir: Path, subset_files: Iterable[Path] = ()) ->
     if pool is not None:
         for part in ("train", "dev"):
             add(f"probe {part}", None, None, [i for i in pool if i.get("probe_split") == part])
+    for reason, entry in meta.get("skipped_rows", {}).items():
+        rows.append(
+            {
+                "task": task,
+                "split": "skipped",
+                "fraction": None,
+                "seed": None,
+                "label": reason,
+                "count": entry["count"],
+                "probe_overlap": None,
+            }
+        )
     by_id = {item["id"]: item for item in splits["train"]}
     for path in subset_files:
         subset = read_subset(path)

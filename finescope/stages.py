@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from finescope import io
+from finescope import io, job_warnings
 from finescope.errors import FinescopeError
 
 log = logging.getLogger("finescope")
@@ -50,6 +50,8 @@ def logged(
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
+    # finescope's warnings also go to <log>.warnings.jsonl, for the summary and the console.
+    recorder = job_warnings.Recorder(log_path).start()
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -64,6 +66,7 @@ def logged(
             log.exception("job failed")
             raise
         finally:
+            recorder.stop()
             root.removeHandler(handler)
             handler.close()
             sys.stderr.flush()
@@ -140,6 +143,42 @@ def extract(task: str, model_dir: str, data_path: str, out_dir: str, settings: d
     )
     info = run_extract(task, model_dir, items, Path(out_dir), settings)
     log.info("extracted %d items: %s", len(items), info)
+    _warn_truncation(task, info)
+
+
+def _warn_truncation(task: str, info: dict) -> None:
+    """A warning (it reaches the summary) when extract.max_length cut the input."""
+    cut = info.get("n_truncated_sequences") or 0
+    if not cut:
+        return
+    if task == "ner":
+        log.warning(
+            "extract.max_length=%d cut %d of %d sentences: %d words lost, left out of the "
+            "probes; raise extract.max_length to keep them",
+            info["max_length"],
+            cut,
+            info["n_items"],
+            info.get("n_words_lost") or 0,
+        )
+    else:
+        log.warning(
+            "extract.max_length=%d cut %d of %d sequences: the text beyond it is not seen; "
+            "raise extract.max_length to keep it",
+            info["max_length"],
+            cut,
+            # The separate view encodes premise and hypothesis as two sequences.
+            info["n_items"] * (2 if info.get("nli_view") == "separate" else 1),
+        )
+
+
+def truncation_counts(*caches: str | Path) -> dict[str, int | None]:
+    """Words (NER) and sequences cut by extract.max_length in hidden-state caches, summed."""
+    metas = [io.read_json(Path(c) / "meta.json") for c in caches]
+    words = [m.get("n_words_lost") for m in metas]
+    return {
+        "words_truncated": sum(words) if all(w is not None for w in words) else None,
+        "sequences_truncated": sum(int(m.get("n_truncated_sequences") or 0) for m in metas),
+    }
 
 
 def probe(
@@ -167,6 +206,8 @@ def probe(
     table = run_probes(
         point["task"], Path(probe_cache), Path(test_cache), point, settings, **kwargs
     )
+    # How much of the probed input max_length cut (words: NER only; empty for NLI).
+    table = table.assign(**truncation_counts(probe_cache, test_cache))
     write_csv(table, out_csv)
 
 
@@ -256,7 +297,22 @@ def figures(measures_path: str, correlations_path: str, out_dir: str | Path) -> 
     log.info("figures: %s", {name: [str(p) for p in paths] for name, paths in written.items()})
 
 
-def summary(measures_path: str, correlations_path: str, grid: dict, out_path: str) -> None:
+def summary(
+    measures_path: str,
+    correlations_path: str,
+    grid: dict,
+    out_path: str,
+    logs_dir: str | Path = "logs",
+) -> None:
     from finescope.summary import write_summary
 
-    write_summary(pd.read_parquet(measures_path), pd.read_csv(correlations_path), grid, out_path)
+    # Globbed at run time, not rule inputs: the records are side files of the jobs' logs. Jobs
+    # upstream of the tables have finished by now; figures and data_table may still be running.
+    records = job_warnings.collect(logs_dir, grid)
+    write_summary(
+        pd.read_parquet(measures_path),
+        pd.read_csv(correlations_path),
+        grid,
+        out_path,
+        warnings=records,
+    )

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -224,18 +223,38 @@ def subsample_ids(
         return []
     if k == total:
         return ids
-    chosen = set(stratified_order(items, task, seed)[:k])
+    order = stratified_order(items, task, seed)
+    chosen = set(order[:k])
     present = set().union(*(item_labels(items[i], task) for i in chosen))
     wanted = set().union(*(item_labels(item, task) for item in items))
     missing = sorted(wanted - present)
     if missing:
+        # A model fine-tuned on such a subset never sees these labels: its scores would measure
+        # the gap, not the amount of data, so the grid point is refused.
         what = "labels" if task == "nli" else "entity types"
-        warnings.warn(
-            f"subsample: {k} items (fraction={fraction}, n={n}, seed={seed}) cannot include "
-            f"every one of the {what}; missing: {', '.join(missing)}. Use a larger subset.",
-            stacklevel=2,
+        need = _covering_size(items, task, order, wanted)
+        size = f"fraction {fraction}%" if fraction is not None else f"n={n}"
+        hint = f"at least {need} of the {total} items"
+        if fraction is not None:
+            least = next(f for f in range(1, 101) if subset_size(total, f) >= need)
+            hint = f"a fraction of at least {least}% ({need} of the {total} items)"
+        raise FinescopeError(
+            f"subsample: the {task} training subset at {size}, seed {seed} has {k} items and "
+            f"cannot hold every one of the {len(wanted)} {what}; missing: {', '.join(missing)}. "
+            f"Use {hint} (raise the smallest value in `fractions`), or give "
+            f"tasks.{task}.data more training items (or a smaller probe_pool.size)."
         )
     return [ids[i] for i in range(total) if i in chosen]
+
+
+def _covering_size(items: Sequence[dict], task: str, order: list[int], wanted: set[str]) -> int:
+    """The smallest prefix of ``order`` that holds every label in ``wanted``."""
+    seen: set[str] = set()
+    for size, i in enumerate(order, start=1):
+        seen |= item_labels(items[i], task)
+        if seen >= wanted:
+            return size
+    return len(order)
 
 
 def write_subset(

@@ -338,12 +338,41 @@ def _correlation_section(correlations: pd.DataFrame, top: int) -> list[str]:
     return lines
 
 
+def _warnings_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = ["## Warnings", ""]
+    if not records:
+        return lines + ["No job of the run raised a warning.", ""]
+    jobs = sorted({str(r.get("job", "?")) for r in records})
+    lines.append(
+        f"{len(records)} warning(s) from {len(jobs)} job(s); each job's are in "
+        "`logs/<job>.warnings.jsonl` beside its log. The same message from several jobs is "
+        "listed once, with its count and the jobs."
+    )
+    lines.append("")
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for r in records:
+        key = (str(r.get("stage", "other")), str(r.get("category", "")), str(r["message"]))
+        groups.setdefault(key, []).append(str(r.get("job", "?")))
+    for stage in sorted({k[0] for k in groups}):
+        lines.append(f"### {stage}")
+        lines.append("")
+        for (_, category, message), where in sorted(
+            ((k, v) for k, v in groups.items() if k[0] == stage),
+            key=lambda kv: (-len(kv[1]), kv[0][2]),
+        ):
+            text = " ".join(message.split())  # one line in the list
+            lines.append(f"- {len(where)}× {text} ({category}; from {', '.join(sorted(where))})")
+        lines.append("")
+    return lines
+
+
 def render_summary(
     tidy: pd.DataFrame,
     correlations: pd.DataFrame,
     grid: Mapping[str, Any] | None,
     *,
     top: int = 5,
+    warnings: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """The summary as Markdown text.
 
@@ -358,6 +387,9 @@ def render_summary(
         a missing key is read from ``tidy``.
     top
         Number of findings listed per task.
+    warnings
+        The run's warning records (:func:`finescope.job_warnings.collect`), listed in a
+        section "Warnings"; None leaves the section out.
 
     Returns
     -------
@@ -369,6 +401,8 @@ def render_summary(
     lines += _grid_section(tidy, grid)
     lines += _downstream_section(tidy)
     lines += _correlation_section(correlations, top)
+    if warnings is not None:
+        lines += _warnings_section(warnings)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -379,12 +413,13 @@ def write_summary(
     out_path: str | Path,
     *,
     top: int = 5,
+    warnings: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """Write :func:`render_summary` to ``out_path`` atomically and return the text.
 
     Parameters
     ----------
-    tidy, correlations, grid, top
+    tidy, correlations, grid, top, warnings
         See :func:`render_summary`.
     out_path
         Destination, e.g. ``results/summary.md``.
@@ -394,7 +429,7 @@ def write_summary(
     str
         The text written.
     """
-    text = render_summary(tidy, correlations, grid, top=top)
+    text = render_summary(tidy, correlations, grid, top=top, warnings=warnings)
     with atomic_path(out_path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return text

@@ -82,6 +82,9 @@ def test_no_probe_item_is_in_any_fine_tuning_subset_of_a_run(tmp_path, tiny_bert
     config = tiny_config(tmp_path, {"bert": (tiny_bert_dir, "encoder")})
     cfg = yaml.safe_load(config.read_text())
     cfg["fractions"], cfg["seeds"] = [0, 10, 50, 100], [1, 2]
+    # 34 items after the pool of 16, so 10 % (3 items) can hold each of the 3 NLI labels.
+    for task in ("nli", "ner"):
+        cfg["tasks"][task]["data"]["train"] = 50
     config.write_text(yaml.safe_dump(cfg))
     snakemake(tmp_path, "results/tables/data.csv", "--cores", "2", "--configfile", str(config))
     for task in ("nli", "ner"):

@@ -105,18 +105,39 @@ def test_every_label_present_in_small_subsets():
         assert types == {"protein", "DNA", "RNA", "cell_type", "cell_line"}
 
 
-def test_warning_names_label_that_cannot_be_present():
+def test_a_subset_too_small_for_every_label_is_an_error_that_says_what_to_do():
+    # 7 pairs at 10 % is one pair: two of the three labels cannot be in it.
+    items = nli_pool({"neutral": 3, "entailment": 2, "contradiction": 2})
+    with pytest.raises(FinescopeError) as err:
+        subsample_ids(items, "nli", 4, fraction=10)
+    message = str(err.value)
+    first = items[stratified_order(items, "nli", 4)[0]]["label"]
+    missing = sorted({"neutral", "entailment", "contradiction"} - {first})
+    assert "the nli training subset at fraction 10%, seed 4 has 1 items" in message
+    assert f"missing: {', '.join(missing)}." in message
+    # Three labels need three pairs: the smallest percent of 7 that rounds to 3 is 36.
+    assert "a fraction of at least 36% (3 of the 7 items)" in message
+    assert "`fractions`" in message and "tasks.nli.data more training items" in message
+    assert len(subsample_ids(items, "nli", 4, fraction=36)) == 3
+    # NER: the entity types of the sentences, and absolute counts say how many items.
+    ner = ner_pool(300)
+    with pytest.raises(FinescopeError, match=r"ner training subset at n=1, seed 0 .*entity types"):
+        subsample_ids(ner, "ner", 0, n=1)
+
+
+def test_the_error_names_exactly_the_missing_labels():
     items = nli_pool({"neutral": 50, "entailment": 30, "contradiction": 2})
-    with pytest.warns(UserWarning, match="missing: contradiction"):
-        ids = subsample_ids(items, "nli", 0, n=2)
-    assert len(ids) == 2
+    first = items[stratified_order(items, "nli", 0)[0]]["label"]
+    with pytest.raises(FinescopeError) as err:
+        subsample_ids(items, "nli", 0, n=1)
+    missing = sorted({"neutral", "entailment", "contradiction"} - {first})
+    assert f"missing: {', '.join(missing)}." in str(err.value)
+    assert len(subsample_ids(items, "nli", 0, n=3)) == 3
 
 
 def test_absolute_counts_and_extremes():
     for n in (0, 3, 17, 250, 500):
         assert len(subsample_ids(NLI, "nli", 0, n=n)) == n
-    with pytest.warns(UserWarning, match="missing: contradiction, entailment"):
-        assert len(subsample_ids(NLI, "nli", 0, n=1)) == 1
     assert subsample_ids(NLI, "nli", 0, fraction=0) == []
     assert subsample_ids(NLI, "nli", 0, fraction=100) == [item["id"] for item in NLI]
     # n= and fraction= select along the same order.
