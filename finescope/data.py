@@ -106,7 +106,7 @@ class _BadRows:
             raise bad
         entry = self.reasons.setdefault(bad.reason, {"count": 0, "examples": []})
         entry["count"] += 1
-        if len(entry["examples"]) < BAD_ROW_EXAMPLES:
+        if len(entry["examples"]) < BAD_ROW_EXAMPLES and bad.where not in entry["examples"]:
             entry["examples"].append(bad.where)
 
     def total(self) -> int:
@@ -976,7 +976,7 @@ def _check_unseen_labels(items: dict[str, list[dict]], cfg: _Cfg, labels: list[s
     what = "label" if task == "nli" else "entity type"
     listed = "; ".join(f"{label} ({where})" for label, where in sorted(found.items()))
     text = (
-        f"{cfg.key('source')}: {len(found)} {what}(s) occur in dev/test but never in the train "
+        f"tasks.{task}.data: {len(found)} {what}(s) occur in dev/test but never in the train "
         f"split that fine-tuning reads: {listed}"
     )
     if cfg.flag("allow_unseen_labels"):

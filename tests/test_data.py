@@ -792,6 +792,16 @@ CONFIG_BAD = {
         r"tasks\.nli\.data\.columns\.premis: unknown column role",
     ),
     "hf without name": ("ner", {"source": "hf"}, r"tasks\.ner\.data\.name: missing"),
+    "bad on_bad_rows": (
+        "nli",
+        {"source": "files", "format": "jsonl", "train": "x", "on_bad_rows": "drop"},
+        r"tasks\.nli\.data\.on_bad_rows: 'drop' is not one of error, skip",
+    ),
+    "bad allow_unseen_labels": (
+        "nli",
+        {"source": "synthetic", "allow_unseen_labels": "yes"},
+        r"tasks\.nli\.data\.allow_unseen_labels: 'yes' must be true or false",
+    ),
     "unknown task": ("qa", {"source": "synthetic"}, r"task 'qa' is not known"),
 }
 
@@ -804,6 +814,132 @@ def test_bad_config(tmp_path, case):
     with pytest.raises(FinescopeError, match=match):
         prepare_task(task, cfg, tmp_path / "out", 0)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels that train lacks; bad rows skipped on request
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_label_that_train_lacks_is_an_error_unless_allowed(tmp_path):
+    cfg = nli_files(tmp_path)
+    cfg["train"] = str(
+        write(tmp_path, "in/train.jsonl", mednli_rows(30, labels=("entailment", "contradiction")))
+    )
+    with pytest.raises(FinescopeError) as err:
+        prepare_task("nli", cfg, tmp_path / "out", 0)
+    message = str(err.value)
+    assert message.startswith("tasks.nli.data: 1 label(s) occur in dev/test but never in the train")
+    assert "neutral (dev, e.g. item 'dv2')" in message
+    assert "set tasks.nli.data.allow_unseen_labels: true to keep them" in message
+    assert not (tmp_path / "out").exists()
+
+    cfg["allow_unseen_labels"] = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_task("nli", cfg, tmp_path / "out", 0)
+    texts = [str(w.message) for w in caught]
+    assert any(
+        "neutral (dev, e.g. item 'dv2')" in t
+        and "kept as tasks.nli.data.allow_unseen_labels is true" in t
+        for t in texts
+    ), texts
+    assert "neutral" in read_json(tmp_path / "out" / "labels.json")["labels"]
+
+
+def test_an_entity_type_only_in_test_is_an_error(tmp_path):
+    cfg = ner_files(tmp_path)
+    cfg["train"] = str(write(tmp_path, "in/train.tsv", ner_tsv([S1, S2] * 10)))
+    cfg["dev"] = str(write(tmp_path, "in/dev.tsv", ner_tsv([S1, S2])))
+    with pytest.raises(
+        FinescopeError,
+        match=r"tasks\.ner\.data: 2 entity type\(s\).*"
+        r"RNA \(test, e\.g\. item 'test-0'\); cell_line \(test",
+    ):
+        prepare_task("ner", cfg, tmp_path / "out", 0)
+    cfg["allow_unseen_labels"] = True
+    with pytest.warns(UserWarning, match="allow_unseen_labels is true"):
+        prepare_task("ner", cfg, tmp_path / "out", 0)
+
+
+def test_skip_leaves_bad_nli_rows_out_and_counts_them_by_reason(tmp_path):
+    bad = [
+        '{"sentence1": "x",',  # 7 malformed JSON
+        "[1, 2]",  # 8 not an object
+        '{"sentence1": "a", "gold_label": "neutral"}',  # 9 missing field
+        '{"sentence1": "a", "gold_label": "neutral"}',  # 10
+        '{"sentence1": "a", "sentence2": 3, "gold_label": "neutral"}',  # 11 wrong type
+        '{"sentence1": "a", "gold_label": "neutral"}',  # 12
+        '{"sentence1": "a", "sentence2": "b", "gold_label": "-"}',  # 13 no gold label
+        '{"sentence1": "a", "gold_label": "neutral"}',  # 14
+    ]
+    text = mednli_rows(6, prefix="tr") + "\n".join(bad) + "\n" + mednli_rows(1, prefix="tr")
+    cfg = nli_files(tmp_path)
+    path = write(tmp_path, "in/train.jsonl", text)
+    cfg["train"] = str(path)
+    # The default is to stop at the first bad row, naming its line.
+    with pytest.raises(FinescopeError, match=r"train\.jsonl:7: malformed JSON"):
+        prepare_task("nli", cfg, tmp_path / "out", 0)
+
+    cfg["on_bad_rows"] = "skip"
+    with pytest.warns(UserWarning) as caught:
+        stats = prepare_task("nli", cfg, tmp_path / "out", 0)
+    assert stats["train"]["items"] == 6  # the duplicate of tr0 on line 15 is left out too
+    expected = {
+        "duplicate id": {"count": 1, "examples": [f"{path}:15"]},
+        "malformed JSON": {"count": 1, "examples": [f"{path}:7"]},
+        "missing field": {"count": 4, "examples": [f"{path}:9", f"{path}:10", f"{path}:12"]},
+        "no gold label": {"count": 1, "examples": [f"{path}:13"]},
+        "not a JSON object": {"count": 1, "examples": [f"{path}:8"]},
+        "wrong type": {"count": 1, "examples": [f"{path}:11"]},
+    }
+    assert read_json(tmp_path / "out" / "labels.json")["skipped_rows"] == expected
+    message = next(str(w.message) for w in caught if "on_bad_rows" in str(w.message))
+    assert message.startswith("tasks.nli.data.on_bad_rows is skip: 9 bad row(s) left out")
+    assert f"missing field: 4 (e.g. {path}:9, {path}:10, {path}:12)" in message
+    frame = data_report("nli", tmp_path / "out")
+    skipped = frame[frame["split"] == "skipped"].set_index("label")["count"].to_dict()
+    assert skipped == {reason: entry["count"] for reason, entry in expected.items()}
+
+
+def test_skip_leaves_bad_ner_sentences_out(tmp_path):
+    good = ner_tsv([S1, S2, S3] * 3, docstart=False)
+    broken = "IL-2\tB-DNA\ngene\n\nNF-kappa\tB_protein\nB\tI-protein\n\n"
+    n = good.count("\n")  # the broken sentences start on line n + 1
+    cfg = ner_files(tmp_path)
+    path = write(tmp_path, "in/train.tsv", good + broken)
+    cfg |= {"train": str(path), "on_bad_rows": "skip"}
+    with pytest.warns(UserWarning, match="2 bad row"):
+        stats = prepare_task("ner", cfg, tmp_path / "out", 0)
+    assert stats["train"]["items"] == 9
+    assert read_json(tmp_path / "out" / "labels.json")["skipped_rows"] == {
+        "missing token or tag": {"count": 1, "examples": [f"{path}:{n + 2}"]},
+        "tag not in the scheme": {"count": 1, "examples": [f"{path}:{n + 4}"]},
+    }
+    rows = [
+        json.dumps({"tokens": ["a", "b"], "tags": ["O"]}),
+        json.dumps({"tokens": [], "tags": []}),
+        json.dumps({"tokens": ["a", " "], "tags": ["O", "O"]}),
+        json.dumps({"tokens": "a b", "tags": ["O", "O"]}),
+    ]
+    good = "".join(
+        json.dumps({"tokens": [t for t, _ in s], "tags": [g for _, g in s]}) + "\n"
+        for s in [S1, S2, S3] * 3
+    )
+    jsonl = write(tmp_path, "in/train.jsonl", good + "\n".join(rows) + "\n")
+    cfg = {"source": "files", "format": "jsonl", "on_bad_rows": "skip"}
+    cfg |= {split: str(jsonl) for split in ("train", "dev", "test")}
+    with pytest.warns(UserWarning, match="12 bad row"):
+        prepare_task("ner", cfg, tmp_path / "out2", 0)
+    reasons = read_json(tmp_path / "out2" / "labels.json")["skipped_rows"]
+    # Each split reads the same file, so each bad row counts three times.
+    assert {r: e["count"] for r, e in reasons.items()} == {
+        "empty token": 3,
+        "no tokens": 3,
+        "tokens/tags length mismatch": 3,
+        "wrong type": 3,
+    }
+    assert reasons["no tokens"]["examples"] == [f"{jsonl}:11"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from finescope import analysis, summary
+from finescope import analysis, job_warnings, stages, summary
 
 META = {
     "enc": {"family": "encoder", "domain": "general"},
@@ -176,3 +181,167 @@ def test_summary_from_csv_tables_matches(tmp_path):
         pd.read_csv(tmp_path / "measures.csv"), pd.read_csv(tmp_path / "correlations.csv"), GRID
     )
     assert text == summary.render_summary(tidy, corr, GRID)
+
+
+# ---------------------------------------------------------------------------------------------
+# The warnings the jobs raised
+# ---------------------------------------------------------------------------------------------
+
+TRAIN = [
+    (["IL-2", "gene", "in", "T", "cells"], ["B-DNA", "I-DNA", "O", "B-cell_type", "I-cell_type"]),
+    (["NF-kappa", "B", "binds", "DNA"], ["B-protein", "I-protein", "O", "O"]),
+]
+# Longer than extract.max_length below: its last words are cut.
+LONG = (
+    ["The", "IL-2", "gene", "is", "expressed", "in", "human", "T", "cells", "and", "NF-kappa", "B"],
+    ["O", "B-DNA", "I-DNA", "O", "O", "O", "O", "B-cell_type", "I-cell_type", "O", "B-protein"]
+    + ["I-protein"],
+)
+RUN_GRID = {
+    "tasks": ["ner", "nli"],
+    "models": ["bert", "bio", "enc"],
+    "fractions": [0, 10, 50, 100],
+}
+RUN_GRID["seeds"] = [0, 1, 2]
+
+
+def _tsv(sentences) -> str:
+    return "".join(
+        "".join(f"{t}\t{g}\n" for t, g in zip(*s, strict=True)) + "\n" for s in sentences
+    )
+
+
+def _prepare(tmp_path: Path, dev) -> Path:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir(exist_ok=True)
+    for split, sentences in {"train": TRAIN * 6, "dev": dev, "test": [LONG, *TRAIN]}.items():
+        (corpus / f"{split}.tsv").write_text(_tsv(sentences))
+    cfg = {"source": "files", "format": "tsv"}
+    cfg |= {s: str(corpus / f"{s}.tsv") for s in ("train", "dev", "test")}
+    labels = tmp_path / "results" / "data" / "ner" / "labels.json"
+    with stages.logged(tmp_path / "logs" / "prepare_data" / "ner.log"):
+        stages.prepare_data("ner", cfg, 13, None, str(labels))
+    return labels.parent
+
+
+def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir, capsys):
+    logs = tmp_path / "logs"
+    # The data job: a dev split without DNA and cell_type entities.
+    data = _prepare(tmp_path, dev=[TRAIN[1]])
+    # An extraction whose max_length cuts words of the long test sentence.
+    cache = tmp_path / "cache"
+    settings = {
+        "batch_size": 4,
+        "max_length": 8,
+        "dtype": "float32",
+        "max_items": None,
+        "item_seed": 0,
+        "attention_items": 0,
+        "random_init": False,
+        "trust_remote_code": False,
+        "ner_pooling": "first",
+    }
+    with stages.logged(logs / "extract" / "ner" / "bert" / "f0" / "s1" / "test.log"):
+        stages.extract("ner", str(tiny_bert_dir), str(data / "test.jsonl"), str(cache), settings)
+    meta = json.loads((cache / "meta.json").read_text())
+    lost, cut = meta["n_words_lost"], meta["n_truncated_sequences"]
+    assert lost > 0 and stages.truncation_counts(cache) == {
+        "words_truncated": lost,
+        "sequences_truncated": cut,
+    }
+    # A job of a model the grid no longer has: its record is stale and left out.
+    with stages.logged(logs / "extract" / "ner" / "old" / "f0" / "s1" / "test.log"):
+        stages.log.warning("from an earlier grid")
+    logging.captureWarnings(False)
+
+    records = job_warnings.collect(logs, RUN_GRID)
+    assert [(r["job"], r["kind"]) for r in records] == [
+        ("extract/ner/bert/f0/s1/test", "log"),
+        ("prepare_data/ner", "warning"),
+    ]
+    assert records[0] | {"model": "bert", "fraction": "0", "seed": 1, "split": "test"} == records[0]
+
+    tidy, corr = tables()
+    tidy.to_parquet(tmp_path / "measures.parquet")
+    corr.to_csv(tmp_path / "correlations.csv", index=False)
+    out = tmp_path / "results" / "summary.md"
+    stages.summary(
+        str(tmp_path / "measures.parquet"),
+        str(tmp_path / "correlations.csv"),
+        RUN_GRID,
+        str(out),
+        logs_dir=logs,
+    )
+    text = out.read_text(encoding="utf-8")
+    section = text[text.index("## Warnings") :]
+    assert "2 warning(s) from 2 job(s)" in section
+    assert (
+        "### prepare_data\n\n- 1× tasks.ner.data: the dev split has no DNA, cell_type. "
+        "(UserWarning; from prepare_data/ner)" in section
+    )
+    assert (
+        f"### extract\n\n- 1× extract.max_length=8 cut {cut} of 3 sentences: {lost} words lost, "
+        "left out of the probes; raise extract.max_length to keep them (WARNING; from "
+        "extract/ner/bert/f0/s1/test)" in section
+    )
+    assert "earlier grid" not in text
+
+    assert job_warnings.print_count(RUN_GRID, logs, out) == 2
+    assert capsys.readouterr().err.strip() == f"finescope: 2 warnings (see {out})"
+    # The data job run again on a complete dev split: its old warning is gone.
+    _prepare(tmp_path, dev=TRAIN)
+    logging.captureWarnings(False)
+    assert [r["job"] for r in job_warnings.collect(logs, RUN_GRID)] == [
+        "extract/ner/bert/f0/s1/test"
+    ]
+    assert job_warnings.print_count(RUN_GRID, logs, summary=None) == 1
+    assert f"finescope: 1 warning (see {logs}/**/*.warnings.jsonl)" in capsys.readouterr().err
+
+
+def test_only_finescope_warnings_are_recorded_and_a_clean_job_leaves_no_record(tmp_path):
+    log = tmp_path / "logs" / "subsample" / "nli" / "f10" / "s2.log"
+    with stages.logged(log):
+        warnings.warn("a library's warning", UserWarning, stacklevel=1)  # raised here
+        logging.getLogger("other").warning("another library's log")
+        stages.log.info("not a warning")
+    logging.captureWarnings(False)
+    assert not job_warnings.record_path(log).exists()
+    assert job_warnings.job_context(log) == {
+        "job": "subsample/nli/f10/s2",
+        "stage": "subsample",
+        "task": "nli",
+        "fraction": "10",
+        "seed": 2,
+    }
+    assert job_warnings.print_count(None, tmp_path / "logs") == 0
+
+
+def test_an_ignored_checkpoint_and_skipped_rows_reach_the_record(tmp_path):
+    from finescope.finetune import CheckpointStore
+
+    logs = tmp_path / "logs"
+    store = CheckpointStore(tmp_path / "ckpt", {"model": "bert"})
+    (tmp_path / "ckpt" / "step-000000004").mkdir(parents=True)
+    (tmp_path / "ckpt" / "step-000000004" / "state.pt").write_bytes(b"not a checkpoint")
+    with stages.logged(logs / "finetune" / "nli" / "bert" / "f50" / "s1.log"):
+        assert store.load(None, None, None, None) is None
+
+    corpus = tmp_path / "train.tsv"
+    corpus.write_text(_tsv(TRAIN * 10) + "IL-2\tB-DNA\ngene\n\n")
+    cfg = {"source": "files", "format": "tsv", "on_bad_rows": "skip", "test_fraction": 0.3}
+    cfg["train"] = str(corpus)
+    labels = tmp_path / "results" / "data" / "ner" / "labels.json"
+    with stages.logged(logs / "prepare_data" / "ner.log"):
+        stages.prepare_data("ner", cfg, 13, None, str(labels))
+    logging.captureWarnings(False)
+
+    records = {r["job"]: r for r in job_warnings.collect(logs) if "dev split" not in r["message"]}
+    ignored = records["finetune/nli/bert/f50/s1"]
+    assert ignored["source"] == "finescope.finetune" and ignored["category"] == "WARNING"
+    assert (
+        "step-000000004 is unreadable" in ignored["message"] and "ignoring it" in ignored["message"]
+    )
+    skipped = records["prepare_data/ner"]
+    assert skipped["kind"] == "warning" and skipped["source"].startswith("data.py:")
+    assert skipped["message"].startswith("tasks.ner.data.on_bad_rows is skip: 1 bad row(s)")
+    assert f"missing token or tag: 1 (e.g. {corpus}:" in skipped["message"]
