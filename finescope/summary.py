@@ -1,7 +1,8 @@
 """Plain-language summary of a finescope run (``results/summary.md``).
 
 The text is a pure function of its inputs (no timestamps, stable ordering), so re-running the
-workflow on the same results writes the same file.
+workflow on the same results writes the same file. Its last section lists the warnings the jobs
+raised (see :mod:`finescope.job_warnings`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from finescope import job_warnings
 from finescope.errors import FinescopeError
 from finescope.workflow import check_config_files
 from tests.workflow_utils import ROOT, merge_config, snakemake, tiny_config
@@ -248,6 +249,7 @@ def test_a_json_config_file_is_left_to_snakemake(tmp_path):
 
 JOB = """
 from finescope import stages
+from finescope import job_warnings
 from finescope.errors import FinescopeError
 
 with stages.logged({log!r}):
@@ -314,3 +316,30 @@ def test_a_failing_data_job_prints_its_message_and_log_as_the_last_line(model_di
     assert "Traceback" not in result.stderr
     log = (tmp_path / "logs/prepare_data/ner.log").read_text()
     assert "Traceback" in log and "expected a token and a tag" in log
+
+
+@pytest.mark.workflow
+def test_a_run_counts_its_warnings_and_a_subset_without_every_label_stops_it(model_dir, tmp_path):
+    """The data jobs of a run whose dev split is too small to hold every label (a warning),
+    then the same run with a fraction too small for every label (an error)."""
+    tasks = {"nli": {"data": {"source": "synthetic", "train": 40, "dev": 2, "test": 15}}}
+    config = tiny_config(tmp_path, {"bert": (model_dir, "encoder")}, tasks=tasks)
+    target = ("results/tables/data.csv", "--cores", "1", "--configfile", str(config))
+    result = snakemake(tmp_path, *target)
+    records = job_warnings.collect(tmp_path / "logs")
+    assert records and all(r["job"] == "prepare_data/nli" for r in records)
+    assert any("the dev split has no" in r["message"] for r in records)
+    count = f"finescope: {len(records)} warning{'s' if len(records) > 1 else ''}"
+    assert f"{count} (see logs/**/*.warnings.jsonl)" in result.stderr, result.stderr[-3000:]
+
+    # 5 % of the 24 training items is 1 item: two of the three labels cannot be in it.
+    config = tiny_config(tmp_path, {"bert": (model_dir, "encoder")}, tasks=tasks, fractions=[0, 5])
+    result = snakemake(tmp_path, *target, check=False)
+    assert result.returncode != 0
+    assert (
+        "finescope: subsample: the nli training subset at fraction 5%, seed 1 has 1 items and "
+        "cannot hold every one of the 3 labels" in result.stderr
+    ), result.stderr[-3000:]
+    assert "(log: logs/subsample/nli/f5/s1.log)" in result.stderr
+    tail = result.stderr[result.stderr.index("Error in rule subsample") :]
+    assert f"{count} (see logs/**/*.warnings.jsonl)" in tail, tail
