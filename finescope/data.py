@@ -1033,13 +1033,14 @@ def prepare_task(
         items = {}
         for split, data in raw.items():
             if task == "ner":
-                repairs = 0
-                for record in list(data.records):
+                repairs, kept = 0, []
+                for record in data.records:
                     try:
                         repairs += _normalise_tags(record, scheme, strict, cfg)
+                        kept.append(record)
                     except _BadRow as bad:
                         cfg.bad_rows.reject(bad)
-                        data.records.remove(record)
+                data.records = kept
                 if repairs:
                     warnings.warn(
                         f"{data.origin}: repaired {repairs} tag(s) 'I-X' that followed 'O' or "
