@@ -505,6 +505,25 @@ def test_hf_json_and_csv_loaders_over_local_files(tmp_path):
         )
 
 
+def test_hf_rows_without_a_gold_label_are_skipped_on_request(tmp_path):
+    labels = ["entailment", "neutral", "contradiction"]
+    rows = [{"s1": f"p {i}", "s2": f"h {i}", "y": labels[i % 3]} for i in range(18)]
+    rows[4]["y"] = rows[7]["y"] = "-"  # annotators disagreed
+    for split, part in (("train", rows[:12]), ("test", rows[12:])):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    files = {split: str(tmp_path / f"{split}.jsonl") for split in ("train", "test")}
+    columns = {"premise": "s1", "hypothesis": "s2", "label": "y"}
+    cfg = {"source": "hf", "name": "json", "data_files": files, "columns": columns}
+    with pytest.raises(FinescopeError, match=r"json\[train\] row 4: no gold label"):
+        prepare_task("nli", cfg, tmp_path / "out", 0)
+    with pytest.warns(UserWarning, match="on_bad_rows is skip: 2 bad row"):
+        stats = prepare_task("nli", cfg | {"on_bad_rows": "skip"}, tmp_path / "out", 0)
+    assert stats["train"]["items"] + stats["dev"]["items"] == 10
+    assert read_json(tmp_path / "out" / "labels.json")["skipped_rows"] == {
+        "no gold label": {"count": 2, "examples": ["json[train] row 4", "json[train] row 7"]}
+    }
+
+
 def test_hf_errors(hf_folders, tmp_path):
     root, _ = hf_folders
     with pytest.raises(FinescopeError, match=r"tasks\.ner\.data\.tag_names"):
