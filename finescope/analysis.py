@@ -191,6 +191,7 @@ TIDY_COLUMNS = [
     "model",
     "family",
     "domain",
+    "model_revision",
     "fraction",
     "seed",
     "layer",
@@ -575,16 +576,18 @@ def tidy_measures(
     change
         Long change rows (columns ``CHANGE_COLUMNS``), or a list of CSV paths / frames.
     model_meta
-        ``{model: {"family", "domain", "n_layers" (optional)}}``. ``n_layers`` counts the
-        embeddings as layer 0; when absent it is the deepest layer seen for the model + 1.
+        ``{model: {"family", "domain", "n_layers" (optional), "revision" (optional)}}``.
+        ``n_layers`` counts the embeddings as layer 0; when absent it is the deepest layer
+        seen for the model + 1.
     entity_f1
         Passed to :func:`collect_downstream` when ``downstream`` holds records.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``TIDY_COLUMNS``: task, model, family, domain (str), fraction (str, see module
-        doc), seed (Int64), layer (Int64, NA for downstream), relative_depth (float,
+        Columns ``TIDY_COLUMNS``: task, model, family, domain, model_revision (str: the
+        model's hub commit or package version, "unknown" for a local folder), fraction (str,
+        see module doc), seed (Int64), layer (Int64, NA for downstream), relative_depth (float,
         ``layer / (n_layers - 1)``), head (str: "all" or a head index; NA outside change),
         source ("downstream" | "probing" | "change"), probe (str, NA outside probing),
         measure (str), value (float). Sorted deterministically.
@@ -659,6 +662,8 @@ def tidy_measures(
     tidy["source"] = tidy["source"].astype(str)
     tidy["family"] = [_meta_field(model_meta, m, "family") for m in tidy["model"]]
     tidy["domain"] = [_meta_field(model_meta, m, "domain") for m in tidy["model"]]
+    # The hub commit (or package version) that resources/models/<model>.json records.
+    tidy["model_revision"] = [_meta_field(model_meta, m, "revision") for m in tidy["model"]]
 
     n_layers = _n_layers(tidy, model_meta)
     denom = tidy["model"].map(n_layers).astype("float64") - 1.0
@@ -734,6 +739,8 @@ def normalize_tidy(tidy: pd.DataFrame | None) -> pd.DataFrame:
     """
     if tidy is None or tidy.empty:
         return _empty_tidy()
+    if "model_revision" not in tidy:  # tables written before the column existed
+        tidy = tidy.assign(model_revision="unknown")
     _check_columns(tidy, TIDY_COLUMNS, "measures")
     out = tidy[TIDY_COLUMNS].copy()
     fractions = {v: normalize_fraction(v, "measures table") for v in out["fraction"].unique()}
@@ -741,7 +748,16 @@ def normalize_tidy(tidy: pd.DataFrame | None) -> pd.DataFrame:
     heads = {v: _normalize_head(v) for v in out["head"].dropna().unique()}
     out["head"] = out["head"].map(heads).astype("str")
     out.loc[(out["source"] == "change") & out["head"].isna(), "head"] = "all"
-    for col in ("task", "model", "family", "domain", "source", "probe", "measure"):
+    for col in (
+        "task",
+        "model",
+        "family",
+        "domain",
+        "model_revision",
+        "source",
+        "probe",
+        "measure",
+    ):
         out[col] = out[col].astype("str")
     out["seed"] = pd.to_numeric(out["seed"]).astype("Int64")
     out["layer"] = pd.to_numeric(out["layer"]).astype("Int64")

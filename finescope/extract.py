@@ -315,6 +315,9 @@ def _plan_ner(tokenizer, items, max_length, n_attention, pooling: str = "mean"):
         "n_truncated_sequences": len(long),
         "n_words_lost": n_lost,
         "n_words_without_tokens": n_empty,
+        # Tokenizers without a fast backend: sentences whose pieces could not be mapped back to
+        # the words in context, so they were tokenised word by word.
+        "n_sentences_word_by_word": getattr(full, "n_word_by_word", 0),
     }
     return sequences, labels, extra
 

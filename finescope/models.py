@@ -76,16 +76,52 @@ def resolve_model_ref(ref: str) -> str:
     return ref
 
 
-def _hub_error(ref: str, exc: Exception) -> FinescopeError:
+def _hub_error(ref: str, exc: Exception, revision: str | None = None) -> FinescopeError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    download = f"hf download {ref}" + (f" --revision {revision}" if revision else "")
     hint = (
         "HF_HUB_OFFLINE=1 is set, so only the local Hugging Face cache is used: prepare it on a "
-        f"machine with network access with `huggingface-cli download {ref}` (or run the "
+        f"machine with network access with `{download}` (or run the "
         "`prepare_model` rule there), or point the config at a local folder."
         if offline
-        else "Check the hub id, your network access and, for gated models, your token."
+        else "Check the hub id, the revision, your network access and, for gated models, "
+        "your token."
     )
-    return FinescopeError(f"model {ref!r} could not be loaded: {exc}. {hint}")
+    at = f" at revision {revision!r}" if revision else ""
+    return FinescopeError(f"model {ref!r}{at} could not be loaded: {exc}. {hint}")
+
+
+# Optional packages that transformers' tokenizers import on demand, with the pip command that
+# installs them (sacremoses is a finescope dependency: BioGPT's tokenizer needs it).
+TOKENIZER_PACKAGES = {
+    "sacremoses": "pip install sacremoses==0.2.0",
+    "sentencepiece": "pip install sentencepiece",
+    "tiktoken": "pip install tiktoken",
+    "protobuf": "pip install protobuf",
+}
+
+
+def _missing_package_error(label: str, exc: ImportError) -> FinescopeError | None:
+    """A FinescopeError naming the package a tokenizer needs, or None for other ImportErrors."""
+    text = f"{exc} {getattr(exc, 'name', '') or ''}".lower()
+    for package, command in TOKENIZER_PACKAGES.items():
+        if package in text or (package == "protobuf" and "google.protobuf" in text):
+            return FinescopeError(
+                f"model {label}: its tokenizer needs the Python package {package!r}, which is "
+                f"not installed. Install it with `{command}` in the environment that runs the "
+                "workflow."
+            )
+    return None
+
+
+def _load_tokenizer_checked(source: str, label: str, **kwargs):
+    try:
+        return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+    except ImportError as exc:
+        friendly = _missing_package_error(label, exc)
+        if friendly is None:
+            raise
+        raise friendly from exc
 
 
 def _uses_byte_level(tokenizer) -> pre_tokenizers.ByteLevel | None:
@@ -106,63 +142,137 @@ def prepare_tokenizer(tokenizer):
     if byte_level is not None and not byte_level.add_prefix_space:
         byte_level.add_prefix_space = True
         tokenizer.backend_tokenizer.pre_tokenizer = byte_level
+        # Saved folders must say so in tokenizer_config.json too: GPT2Tokenizer rebuilds its
+        # pre-tokenizer from that flag on load, so a plain AutoTokenizer would drop the space.
+        tokenizer.add_prefix_space = True
+        tokenizer.init_kwargs["add_prefix_space"] = True
     return tokenizer
 
 
 def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):
     """Load the tokenizer of a model folder (or hub id) and :func:`prepare_tokenizer` it."""
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            str(model_dir), trust_remote_code=trust_remote_code
+        tokenizer = _load_tokenizer_checked(
+            str(model_dir), repr(str(model_dir)), trust_remote_code=trust_remote_code
         )
     except OSError as exc:
         raise _hub_error(str(model_dir), exc) from exc
     return prepare_tokenizer(tokenizer)
 
 
+def _class_names(mapping) -> set[str]:
+    names: set[str] = set()
+    for value in mapping.values():
+        names.update(value if isinstance(value, (tuple, list)) else [value])
+    return names
+
+
 def is_decoder(config) -> bool:
-    """True for causal (left-to-right) language models: GPT-2, BioGPT, Llama, ..."""
+    """True for causal (left-to-right) language models: GPT-2, BioGPT, Llama, Qwen2, ...
+
+    Decided from the config and transformers' auto mappings, not from a list of model types: a
+    config that says ``is_decoder``, a causal-LM architecture that is not also a masked-LM one,
+    or (for folders saved from the bare model, which name no head) a model type that has a
+    causal-LM class and no masked-LM class (BERT-like encoders have both).
+    """
     if getattr(config, "is_decoder", False):
         return True
-    architectures = getattr(config, "architectures", None) or []
-    if any("CausalLM" in name or "LMHead" in name for name in architectures):
-        return True
-    if config.model_type in {"gpt2", "biogpt", "llama", "mistral", "qwen2", "gpt_neox", "opt"}:
-        return True
-    # A folder saved from the bare model names no head; a model type that has a causal LM head
-    # and no masked LM head is a decoder (BERT-like encoders have both).
     from transformers.models.auto import modeling_auto
 
-    return (
-        config.model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and config.model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    )
+    causal = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    masked = modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    architectures = set(getattr(config, "architectures", None) or [])
+    masked_classes = _class_names(masked)
+    if architectures & (_class_names(causal) - masked_classes):
+        return True
+    if architectures & masked_classes:
+        return False
+    return config.model_type in causal and config.model_type not in masked
 
 
-def materialize_model(ref: str, out_dir: str | Path, *, trust_remote_code: bool = False) -> dict:
+def _package_version(ref: str) -> str | None:
+    """``<distribution>==<version>`` for a model shipped in an installed PyPI package."""
+    from importlib import metadata
+
+    for prefix in (PYPI_PREFIX, GGUF_PREFIX):
+        if ref.startswith(prefix) and not ref.endswith(".gguf"):
+            dist = ref[len(prefix) :]
+            try:
+                return f"{dist}=={metadata.version(dist)}"
+            except metadata.PackageNotFoundError:
+                return None
+    return None
+
+
+def resolve_hub_commit(ref: str, revision: str | None = None) -> str:
+    """The commit hash that ``revision`` (a branch, tag or commit; None for ``main``) of the hub
+    model ``ref`` points to, read from the Hugging Face cache's snapshot path (offline with
+    ``HF_HUB_OFFLINE=1``, downloading ``config.json`` otherwise)."""
+    import huggingface_hub
+
+    try:
+        path = huggingface_hub.hf_hub_download(ref, "config.json", revision=revision)
+    except (OSError, ValueError, huggingface_hub.errors.EntryNotFoundError) as exc:
+        raise _hub_error(ref, exc, revision) from exc
+    snapshot = Path(path).parent
+    if snapshot.parent.name != "snapshots":
+        raise FinescopeError(f"model {ref!r}: {path} is not inside a Hugging Face cache snapshot")
+    return snapshot.name
+
+
+def materialize_model(
+    ref: str,
+    out_dir: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    key: str | None = None,
+) -> dict:
     """Write a plain Hugging Face folder for ``ref``: float32 safetensors, config with
     ``pad_token_id``, and the prepared tokenizer.
+
+    Parameters
+    ----------
+    revision
+        Hub ids only: the branch, tag or commit to load (``models.<key>.revision``); None loads
+        ``main``. Either way the commit it resolves to is loaded and recorded.
+    key
+        The model's name in the config, for error messages.
 
     Returns
     -------
     dict
-        Facts about the model: ``ref``, ``source``, ``model_type``, ``decoder``, ``n_layers``
-        (embeddings + blocks), ``width``, ``n_heads``.
+        Facts about the model: ``ref``, ``source``, ``revision`` (the hub commit hash, the
+        package version of a ``pypi:``/``gguf:`` package, None for a local path),
+        ``model_type``, ``decoder``, ``n_layers`` (embeddings + blocks), ``width``,
+        ``n_heads``.
     """
+    label = f"{key!r} ({ref})" if key else repr(ref)
     source = resolve_model_ref(ref)
+    is_hub = source == ref and not Path(ref).expanduser().exists()
+    if revision is not None and not is_hub:
+        raise FinescopeError(
+            f"models.{key or '<model>'}.revision = {revision!r}: a revision applies to hub ids "
+            f"only, and {ref!r} is a local path or package. Remove the key."
+        )
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     model_kwargs: dict = {"dtype": torch.float32}
     load_from = source
+    recorded = _package_version(ref)
+    if is_hub:
+        # Load the resolved commit, so tokenizer and weights come from the same snapshot.
+        recorded = resolve_hub_commit(ref, revision)
+        kwargs["revision"] = recorded
     if source.endswith(".gguf"):
         # transformers reads GGUF from a folder + file name; dequantise to plain float weights.
         load_from = str(Path(source).parent)
         kwargs["gguf_file"] = Path(source).name
         model_kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(load_from, **kwargs)
+        tokenizer = _load_tokenizer_checked(load_from, label, **kwargs)
         model = transformers.AutoModel.from_pretrained(load_from, **kwargs, **model_kwargs)
     except OSError as exc:
-        raise _hub_error(ref, exc) from exc
+        raise _hub_error(ref, exc, revision) from exc
     tokenizer = prepare_tokenizer(tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     config = model.config
@@ -176,12 +286,31 @@ def materialize_model(ref: str, out_dir: str | Path, *, trust_remote_code: bool 
     return {
         "ref": ref,
         "source": source,
+        "revision": recorded,
         "model_type": config.model_type,
         "decoder": is_decoder(config),
         "n_layers": int(text_config.num_hidden_layers) + 1,
         "width": int(text_config.hidden_size),
         "n_heads": int(text_config.num_attention_heads),
     }
+
+
+def prepare_model(
+    key: str,
+    ref: str,
+    out_dir: str,
+    facts_path: str,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> dict:
+    """The ``prepare_model`` job: :func:`materialize_model`, then the facts file beside it."""
+    from finescope import io
+
+    facts = materialize_model(
+        ref, out_dir, trust_remote_code=trust_remote_code, revision=revision, key=key
+    )
+    io.write_json(facts_path, facts)
+    return facts
 
 
 def load_model(
@@ -243,9 +372,12 @@ def load_model(
 def encode_words(tokenizer, words_batch: list[list[str]], max_length: int | None = None):
     """Tokenise pre-split sentences; ``word_index(encoding, i)`` maps tokens back to words.
 
-    Fast tokenizers use ``is_split_into_words`` and ``word_ids()``; tokenizers without a fast
-    backend (BioGPT's) are handled word by word, so no sub-word convention (``##``, ``Ġ``,
-    ``</w>``) is ever assumed.
+    Fast tokenizers use ``is_split_into_words`` and ``word_ids()``. Tokenizers without a fast
+    backend (BioGPT's: Moses, then BPE) tokenise the whole sentence once, as in running text
+    (Moses splits ``5'`` alone differently from ``5' end``), and each piece is mapped back to
+    its word through the characters it decodes to (:func:`_pieces_in_context`); a sentence
+    where that mapping fails is tokenised word by word, and ``encoding.n_word_by_word`` counts
+    those sentences. No sub-word convention (``##``, ``Ġ``, ``</w>``) is ever assumed.
     """
     if getattr(tokenizer, "is_fast", False):
         return tokenizer(
@@ -257,15 +389,73 @@ def encode_words(tokenizer, words_batch: list[list[str]], max_length: int | None
     return _encode_words_slow(tokenizer, words_batch, max_length)
 
 
+def _no_space(text: str) -> str:
+    return "".join(text.split())
+
+
+def _pieces_in_context(tokenizer, words: list[str], surfaces: dict[str, str]):
+    """Pieces of the sentence ``" ".join(words)`` and the word each belongs to, or None.
+
+    A piece's characters are what it decodes to (``convert_tokens_to_string``, whitespace
+    dropped). When pieces decode one by one to the sentence's characters, those give each
+    piece's span; otherwise (an escape such as ``&apos;`` cut in two) the decoded prefixes
+    are used, and pieces that decode to no new characters join the next ones. Each span must
+    lie within one word; any mismatch returns None.
+    """
+    if not words or any(not word or _no_space(word) != word for word in words):
+        return None
+    target = "".join(words)
+    pieces = tokenizer.tokenize(" ".join(words))
+    if not pieces:
+        return None
+    for piece in pieces:
+        if piece not in surfaces:
+            surfaces[piece] = _no_space(tokenizer.convert_tokens_to_string([piece]))
+    ends: list[int] = []  # characters of the sentence covered after each piece; -1: pending
+    if "".join(surfaces[p] for p in pieces) == target:
+        total = 0
+        for piece in pieces:
+            total += len(surfaces[piece])
+            ends.append(total)
+    else:
+        for k in range(1, len(pieces) + 1):
+            prefix = _no_space(tokenizer.convert_tokens_to_string(pieces[:k]))
+            ends.append(len(prefix) if target.startswith(prefix) else -1)
+        if ends[-1] != len(target):
+            return None
+    word_of_char = [w for w, word in enumerate(words) for _ in word]
+    word_ids: list[int] = []
+    pending = 0  # pieces waiting for the characters they take part in
+    start = 0
+    for end in ends:
+        pending += 1
+        if end <= start:
+            continue
+        first, last = word_of_char[start], word_of_char[end - 1]
+        if first != last:
+            return None  # a piece spans two words
+        word_ids.extend([first] * pending)
+        pending, start = 0, end
+    if pending or start != len(target):
+        return None
+    return tokenizer.convert_tokens_to_ids(pieces), word_ids
+
+
 def _encode_words_slow(tokenizer, words_batch, max_length):
     all_ids, all_word_ids = [], []
+    surfaces: dict[str, str] = {}
+    n_word_by_word = 0
     for words in words_batch:
-        ids: list[int] = []
-        word_ids: list[int | None] = []
-        for w, word in enumerate(words):
-            pieces = tokenizer.encode(word, add_special_tokens=False)
-            ids.extend(pieces)
-            word_ids.extend([w] * len(pieces))
+        mapped = _pieces_in_context(tokenizer, words, surfaces)
+        if mapped is not None:
+            ids, word_ids = mapped
+        else:
+            n_word_by_word += 1
+            ids, word_ids = [], []
+            for w, word in enumerate(words):
+                pieces = tokenizer.encode(word, add_special_tokens=False)
+                ids.extend(pieces)
+                word_ids.extend([w] * len(pieces))
         with_special = tokenizer.build_inputs_with_special_tokens(ids)
         # Special tokens wrap the sequence; find where the word pieces start.
         start = next(
@@ -282,6 +472,7 @@ def _encode_words_slow(tokenizer, words_batch, max_length):
         {"input_ids": all_ids, "attention_mask": [[1] * len(ids) for ids in all_ids]}
     )
     encoding.slow_word_ids = all_word_ids
+    encoding.n_word_by_word = n_word_by_word
     return encoding
 
 

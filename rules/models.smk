@@ -9,5 +9,6 @@ rule prepare_model:
     params:
         ref=lambda wc: config["models"][wc.model]["ref"],
         trust_remote_code=lambda wc: config["models"][wc.model]["trust_remote_code"],
+        revision=lambda wc: config["models"][wc.model].get("revision"),
     script:
         "../scripts/prepare_model.py"

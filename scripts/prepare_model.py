@@ -1,9 +1,14 @@
-from finescope import stages
+import logging
+
+from finescope import models, stages
 
 with stages.logged(snakemake.log[0], offline=False):
-    stages.prepare_model(
+    facts = models.prepare_model(
+        snakemake.wildcards.model,
         snakemake.params.ref,
         snakemake.output.model,
         snakemake.output.facts,
         snakemake.params.trust_remote_code,
+        snakemake.params.revision,
     )
+    logging.getLogger("finescope").info("materialised %s: %s", snakemake.params.ref, facts)

@@ -177,3 +177,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the project)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory):
+    """The study's model kinds (cased BERT, BioBERT, GPT-2 with its real vocabulary, BioGPT,
+    Llama, Qwen2), tiny, in an offline Hugging Face cache (``HF_HOME`` layout)."""
+    from tests.hub_fixtures import build_hub_cache, gpt2_vocab_files
+
+    try:
+        gpt2_vocab_files()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    pytest.importorskip("sacremoses", reason="BioGPT's tokenizer needs sacremoses")
+    return build_hub_cache(tmp_path_factory.mktemp("hf_home"), WORDS)
+
+
+@pytest.fixture
+def offline_hub(hub_cache, monkeypatch):
+    """:func:`hub_cache` as this process's Hugging Face cache (huggingface_hub reads the cache
+    folder at call time from its constants; subprocesses get ``HF_HOME``)."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache.hub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hub_cache
