@@ -24,7 +24,10 @@ log = logging.getLogger("finescope")
 
 @contextlib.contextmanager
 def logged(
-    log_path: str | Path, threads: int | None = None, offline: bool = True
+    log_path: str | Path,
+    threads: int | None = None,
+    offline: bool = True,
+    gpus: int | list[int] | None = None,
 ) -> Iterator[None]:
     """Send logging, warnings and progress bars of one job to its log file.
 
@@ -35,6 +38,9 @@ def logged(
 
     Compute jobs run offline (``HF_HUB_OFFLINE=1``): models reach them through the folders that
     the local ``prepare_model`` job wrote, which is the only job that may use the network.
+
+    ``gpus`` (``resources.gpus``) makes the job hold one GPU slot of that many for its life
+    (:func:`finescope.gpu.gpu_slot`).
     """
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -53,6 +59,12 @@ def logged(
     import transformers
 
     transformers.logging.set_verbosity_error()
+    # One GPU per job (resources.gpus), chosen before torch initialises CUDA, logged to the job.
+    gpu = contextlib.ExitStack()
+    if gpus:
+        from finescope.gpu import gpu_slot
+
+        gpu.enter_context(gpu_slot(gpus))
     failure: FinescopeError | None = None
     with open(log_path, "a", encoding="utf-8") as stream, contextlib.redirect_stderr(stream):
         try:
@@ -64,6 +76,7 @@ def logged(
             log.exception("job failed")
             raise
         finally:
+            gpu.close()
             root.removeHandler(handler)
             handler.close()
             sys.stderr.flush()

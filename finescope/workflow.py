@@ -398,6 +398,10 @@ class Grid:
             "random_init": random_init,
             "trust_remote_code": self.config["models"][model]["trust_remote_code"],
         }
+        # How the forward pass runs (absent from a Grid of an unvalidated config: defaults).
+        for key in ("device", "bf16_autocast", "padding_side"):
+            if key in extract:
+                settings[key] = extract[key]
         # Each task gets only its own setting, so changing one re-extracts only that task.
         if task in (None, "nli"):
             settings["nli_view"] = extract["nli_view"]
