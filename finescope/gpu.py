@@ -88,7 +88,9 @@ def gpu_slot(
     assigned = _scheduler_assignment()
     if assigned is not None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
-        log.info("GPU: kept the scheduler's choice (%s): CUDA_VISIBLE_DEVICES=%s", assigned, visible)
+        log.info(
+            "GPU: kept the scheduler's choice (%s): CUDA_VISIBLE_DEVICES=%s", assigned, visible
+        )
         yield os.environ.get("CUDA_VISIBLE_DEVICES")
         return
     torch = sys.modules.get("torch")
