@@ -47,8 +47,11 @@ def logged(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threads:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(threads)
+        # NumPy/SciPy BLAS and OpenMP pools (the probes' scikit-learn fits) keep to them too.
+        threadpool_limits(threads)
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -92,6 +95,13 @@ def prepare_model(ref: str, out_dir: str, facts_path: str, trust_remote_code: bo
     facts = materialize_model(ref, out_dir, trust_remote_code=trust_remote_code)
     log.info("materialised %s into %s: %s", ref, out_dir, facts)
     io.write_json(facts_path, facts)
+
+
+def fetch_data(task: str, data_cfg: dict, out_dir: str) -> None:
+    """The local job that downloads a task's hub dataset (the only data job with network)."""
+    from finescope.data import fetch_hub_dataset
+
+    log.info("fetched %s", fetch_hub_dataset(task, data_cfg, out_dir))
 
 
 def prepare_data(task: str, data_cfg: dict, seed: int, probe_pool: dict, labels_path: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from finescope.data import hub_data_dir, is_hub_dataset
 from finescope.errors import FinescopeError, unknown_key_hint
 from finescope.refs import GGUF_PREFIX, PYPI_PREFIX
 
@@ -426,7 +427,8 @@ class Grid:
         return settings
 
     def data_inputs(self, wildcards) -> list[str]:
-        """Local files a task reads, so that editing one re-runs that task's jobs only."""
+        """Local files a task reads, so that editing one re-runs that task's jobs only, and the
+        downloaded folder of a hub dataset."""
         data = self.config["tasks"][wildcards.task]["data"]
         paths = []
         if data["source"] == "files":
@@ -434,7 +436,11 @@ class Grid:
         elif data["source"] == "hf" and Path(str(data.get("name", ""))).expanduser().exists():
             paths = [data["name"]]
         # Only existing files: a missing one is reported by the data job with its config key.
-        return [str(Path(p).expanduser()) for p in paths if Path(p).expanduser().exists()]
+        inputs = [str(Path(p).expanduser()) for p in paths if Path(p).expanduser().exists()]
+        if is_hub_dataset(data):
+            # The folder that the local fetch_data job downloads the hub dataset to.
+            inputs.append(str(hub_data_dir(wildcards.task)))
+        return inputs
 
     def description(self) -> dict:
         """The grid in plain values, for the summary."""
