@@ -321,3 +321,21 @@ def test_make_does_not_force_the_hub_offline_for_local_jobs():
     # TORCH=cpu takes the CPU index; the stamp names the build, so switching reinstalls.
     assert "--index-url https://download.pytorch.org/whl/cpu" in result.stdout
     assert "/nonexistent/venv/.installed-torch-cpu" in result.stdout
+
+
+def test_the_download_step_plans_only_the_local_jobs(tmp_path):
+    """README "Running the study", step 3: on the login node, models and data only."""
+    from tests.workflow_utils import planned_jobs
+
+    jobs = planned_jobs(
+        tmp_path,
+        "--configfile",
+        str(PAPER),
+        "--profile",
+        str(SLURM),
+        "--until",
+        "prepare_model",
+        "fetch_data",
+    )
+    counts = expected_paper_counts()
+    assert jobs == {"prepare_model": counts["prepare_model"], "fetch_data": counts["fetch_data"]}
