@@ -23,6 +23,9 @@ TASK_ONLY_PROBES = {"svm": "nli", "bilstm_crf": "ner"}
 PRETRAINED = "0"
 RANDOM = "random"
 TABLES = ["data", "downstream", "probing", "change", "attention", "correlations", "measures"]
+# Defaults of the device settings (as in finetune.DEFAULT_SETTINGS and extract.DEFAULTS): a
+# job's settings leave them out when at these values.
+RUN_DEFAULTS = {"device": "auto", "bf16_autocast": False, "padding_side": "right"}
 
 
 def _dotted(parts: Sequence) -> str:
@@ -377,6 +380,8 @@ class Grid:
         if "lora" in override:
             settings["lora"] = {**settings["lora"], **override.pop("lora")}
         settings.update(override)
+        if settings.get("device") == RUN_DEFAULTS["device"]:
+            del settings["device"]  # the default of run_finetune: no new params, no re-run
         settings["seed"] = seed
         settings["trust_remote_code"] = self.config["models"][model]["trust_remote_code"]
         settings["ner_subword"] = self.ner_subword(model)
@@ -399,9 +404,10 @@ class Grid:
             "random_init": random_init,
             "trust_remote_code": self.config["models"][model]["trust_remote_code"],
         }
-        # How the forward pass runs (absent from a Grid of an unvalidated config: defaults).
-        for key in ("device", "bf16_autocast", "padding_side"):
-            if key in extract:
+        # How the forward pass runs; only when not at the default (which run_extract also
+        # assumes), so that finished jobs of a config that does not set them stay valid.
+        for key, default in RUN_DEFAULTS.items():
+            if extract.get(key, default) != default:
                 settings[key] = extract[key]
         # Each task gets only its own setting, so changing one re-extracts only that task.
         if task in (None, "nli"):

@@ -10,8 +10,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from finescope.errors import FinescopeError
+from finescope.extract import DEFAULTS as EXTRACT_DEFAULTS
+from finescope.finetune import DEFAULT_SETTINGS as FINETUNE_DEFAULTS
 from finescope.finetune import resolve_device
-from finescope.workflow import Grid, schema_error
+from finescope.workflow import RUN_DEFAULTS, Grid, schema_error
 from tests.workflow_utils import ROOT, merge_config
 
 SCHEMA = str(ROOT / "schemas" / "config.schema.yaml")
@@ -101,16 +103,18 @@ def test_the_grid_hands_device_settings_to_the_jobs_with_model_overrides():
     assert (smol["device"], smol["precision"]) == ("cpu", "bf16")
     ex_minilm = grid.extract_settings("minilm", "test", task="ner")
     ex_smol = grid.extract_settings("smollm2", "test", task="ner")
-    assert (ex_minilm["device"], ex_minilm["bf16_autocast"], ex_minilm["padding_side"]) == (
-        "auto",
-        True,
-        "right",
-    )
-    assert (ex_smol["device"], ex_smol["bf16_autocast"], ex_smol["padding_side"]) == (
-        "cpu",
-        True,
-        "left",
-    )
+    # Settings at their default stay out of the job's params (finished jobs stay valid);
+    # run_extract's own defaults are the same values.
+    assert ex_minilm["bf16_autocast"] is True
+    assert "device" not in ex_minilm and "padding_side" not in ex_minilm
+    assert {k: ex_smol[k] for k in RUN_DEFAULTS} == {
+        "device": "cpu",
+        "bf16_autocast": True,
+        "padding_side": "left",
+    }
+    assert {k: EXTRACT_DEFAULTS[k] for k in RUN_DEFAULTS} == RUN_DEFAULTS
+    assert FINETUNE_DEFAULTS["device"] == RUN_DEFAULTS["device"]
+    assert "device" not in Grid.from_config(_validated({})).finetune_settings("minilm", 1)
 
 
 def test_defaults_are_filled_in():
