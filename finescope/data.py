@@ -15,6 +15,7 @@ import io
 import json
 import math
 import re
+import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from finescope import synthetic
 from finescope.errors import FinescopeError, unknown_key_hint
-from finescope.io import read_json, read_jsonl, write_json, write_jsonl
+from finescope.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from finescope.probe_pool import overlap
 from finescope.probe_pool import reserve as reserve_probe_pool
 from finescope.subsample import item_labels, read_subset, stratified_order
@@ -56,7 +57,8 @@ ALLOWED_KEYS = {
     # The schema fills in the defaults of the last two for every source.
     "synthetic": {"source", "train", "dev", "test", "allow_unseen_labels", "on_bad_rows"},
     "files": COMMON_KEYS | {"format", "train", "dev", "test", "columns", "tag_names"},
-    "hf": COMMON_KEYS | {"name", "config", "data_files", "splits", "columns", "tag_names"},
+    "hf": COMMON_KEYS
+    | {"name", "config", "revision", "data_files", "splits", "columns", "tag_names"},
 }
 SYNTHETIC_DEFAULTS = {"train": 200, "dev": 40, "test": 80}
 DEFAULT_DEV_FRACTION = 0.1
@@ -680,6 +682,124 @@ def _read_files(cfg: _Cfg) -> dict[str, _Split]:
     return out
 
 
+# The hub datasets that the local fetch_data job downloaded: resources/data/<task>/ (relative
+# to the workflow's working directory), a save_to_disk folder plus FETCHED_FILE.
+HUB_DATA_DIR = Path("resources") / "data"
+FETCHED_FILE = "fetched.json"
+# datasets' own loaders over local files (name: json + data_files); they need no download.
+PACKAGED_LOADERS = {"json", "csv", "parquet", "text", "arrow"}
+PARQUET_BRANCH = "refs/convert/parquet"
+
+
+def hub_data_dir(task: str) -> Path:
+    """The folder that fetch_data writes a task's hub dataset to and prepare_data reads."""
+    return HUB_DATA_DIR / task
+
+
+def is_hub_dataset(data_cfg: Mapping) -> bool:
+    """Whether a task's data is a dataset on the Hugging Face Hub, downloaded by fetch_data (not
+    a local save_to_disk folder, nor a packaged loader over local ``data_files``)."""
+    if not isinstance(data_cfg, Mapping) or data_cfg.get("source") != "hf":
+        return False
+    name = str(data_cfg.get("name") or "")
+    if not name or name in PACKAGED_LOADERS or data_cfg.get("data_files"):
+        return False
+    return not (name.startswith((".", "/", "~")) or Path(name).expanduser().exists())
+
+
+def _parquet_splits(root: Path, config: str | None, name: str) -> dict[str, list[str]]:
+    """Split -> parquet files of a downloaded ``refs/convert/parquet`` branch, whose layout is
+    ``<config>/<split>/NNNN.parquet`` (or ``<config>/<name>-<split>.parquet`` in older
+    conversions)."""
+    configs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if config is None:
+        if len(configs) != 1:
+            raise FinescopeError(
+                f"{name} ({PARQUET_BRANCH}) has the configs {', '.join(configs) or 'none'}; "
+                "name one in tasks.<task>.data.config"
+            )
+        config = configs[0]
+    if config not in configs:
+        raise FinescopeError(
+            f"{name} ({PARQUET_BRANCH}) has no config {config!r}; configs: {', '.join(configs)}"
+        )
+    splits: dict[str, list[str]] = {}
+    for path in sorted((root / config).rglob("*.parquet")):
+        parts = path.relative_to(root / config).parts
+        split = parts[0] if len(parts) > 1 else re.sub(r"-\d+-of-\d+$", "", path.stem)
+        splits.setdefault(split.rsplit("-", 1)[-1], []).append(str(path))
+    if not splits:
+        raise FinescopeError(f"{name} ({PARQUET_BRANCH}): no parquet files under {config}/")
+    return splits
+
+
+def fetch_hub_dataset(task: str, data_cfg: Mapping, out_dir: str | Path) -> dict:
+    """Download a task's hub dataset into ``out_dir`` (a ``save_to_disk`` folder), the one data
+    step that uses the network; ``prepare_data`` then reads the folder offline.
+
+    ``revision: refs/convert/parquet`` reads the Hub's Parquet conversion of the dataset (for
+    datasets that only a loading script can build, which ``datasets`` 4 and later refuse);
+    any other revision (default: the main branch) goes through ``datasets.load_dataset``.
+
+    Returns
+    -------
+    dict
+        What was fetched: name, config, revision, the commit (``sha``) and split sizes; also
+        written to ``out_dir/fetched.json``.
+    """
+    import datasets
+    from huggingface_hub import HfApi, snapshot_download
+
+    cfg = _Cfg(task, data_cfg)
+    name, config, revision = str(cfg.raw["name"]), cfg.raw.get("config"), cfg.raw.get("revision")
+    out_dir = Path(out_dir)
+    try:
+        sha = HfApi().dataset_info(name, revision=revision).sha
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            if revision == PARQUET_BRANCH:
+                with tempfile.TemporaryDirectory(dir=out_dir.parent) as raw:
+                    snapshot_download(
+                        name,
+                        repo_type="dataset",
+                        revision=revision,
+                        local_dir=raw,
+                        allow_patterns=[f"{config}/**"] if config else None,
+                    )
+                    files = _parquet_splits(Path(raw), config, name)
+                    ds = datasets.load_dataset("parquet", data_files=files)
+                    ds.save_to_disk(str(tmp))
+            else:
+                ds = datasets.load_dataset(name, config, revision=revision)
+                ds.save_to_disk(str(tmp))
+            fetched = _fetched(name, config, revision, sha, ds)
+            write_json(tmp / FETCHED_FILE, fetched)
+    except FinescopeError:
+        raise
+    except Exception as err:  # hub and datasets errors come in many types
+        hint = ""
+        if "scripts are no longer supported" in str(err):
+            hint = (
+                f"; the dataset needs a loading script, which datasets {datasets.__version__} "
+                f"cannot run: set {cfg.key('revision')}: {PARQUET_BRANCH} to read the Hub's "
+                "Parquet conversion"
+            )
+        raise cfg.error(
+            "name", f"could not download {name!r}: {type(err).__name__}: {err}{hint}"
+        ) from None
+    return fetched
+
+
+def _fetched(name: str, config, revision, sha, ds) -> dict:
+    return {
+        "name": name,
+        "config": config,
+        "revision": revision,
+        "sha": sha,
+        "splits": {split: len(table) for split, table in ds.items()},
+    }
+
+
 def _load_hf(cfg: _Cfg):
     import datasets
 
@@ -688,6 +808,17 @@ def _load_hf(cfg: _Cfg):
         raise cfg.error("name", "missing; give a hub dataset id or a save_to_disk folder")
     config = cfg.raw.get("config")
     path = Path(name)
+    if is_hub_dataset(cfg.raw):
+        # Read offline from the folder the local fetch_data job wrote.
+        path = hub_data_dir(cfg.task)
+        if not (path / FETCHED_FILE).is_file():
+            raise cfg.error(
+                "name",
+                f"hub dataset {str(name)!r} is not downloaded yet: {path.resolve()} is missing. "
+                f"On a machine with network run `snakemake --cores 1 {path}` (with this run's "
+                "--configfile and --profile), which fetches it once for every later job",
+            )
+        return datasets.load_from_disk(str(path))
     try:
         if path.is_dir() and (
             (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
@@ -781,6 +912,9 @@ def _read_hf(cfg: _Cfg) -> dict[str, _Split]:
         provenance = {"source": f"hf:{name}", "split": hf_split}
         if cfg.raw.get("config") is not None:
             provenance["config"] = cfg.raw["config"]
+        if is_hub_dataset(cfg.raw):
+            fetched = read_json(hub_data_dir(cfg.task) / FETCHED_FILE)
+            provenance.update({k: fetched[k] for k in ("revision", "sha") if fetched.get(k)})
         out[split] = _Split(records, provenance, origin)
     return out
 

@@ -65,7 +65,7 @@ import torch
 import transformers
 
 from finescope.errors import FinescopeError
-from finescope.finetune import effective_max_length, uses_token_type_ids
+from finescope.finetune import effective_max_length, resolve_device, uses_token_type_ids
 from finescope.io import atomic_path, read_json, write_json
 from finescope.models import (
     encode_pairs,
@@ -149,9 +149,7 @@ def _settings(settings: dict | None) -> dict:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return resolve_device(name, key="extract.device")
 
 
 def _load_model(model_dir: Path, task: str, settings: dict, need_attention: bool):

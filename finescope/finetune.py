@@ -178,13 +178,16 @@ def resolve_settings(settings: dict | None) -> dict:
     return s
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto", key: str = "finetune.device") -> torch.device:
     """The device of a run.
 
     Parameters
     ----------
     name
-        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+        ``"mps"``.
+    key
+        The config key named in errors (``extract.device`` for extraction).
 
     Returns
     -------
@@ -192,13 +195,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    allowed = '"auto", "cpu", "cuda", "cuda:N" or "mps"'
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise _setting_error("device", name, '"auto", "cpu", "cuda" or "cuda:N"') from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FinescopeError(f"config key {key}: {name!r} is not one of {allowed}") from exc
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise FinescopeError(f"config key {key}: {name!r} is not one of {allowed}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FinescopeError(
+                f"config key {key}: {name!r} asked for, but no CUDA GPU is visible. "
+                'Use "auto" or "cpu".'
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FinescopeError(
+                f"config key {key}: {name!r} asked for, but only {torch.cuda.device_count()} "
+                "GPU(s) are visible (a job holding a GPU slot sees its GPU as cuda:0). "
+                'Use "auto" or "cuda".'
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
         raise FinescopeError(
-            f"config key finetune.device: {name!r} asked for, but no CUDA GPU is visible. "
+            f"config key {key}: 'mps' asked for, but this machine has no Apple GPU (MPS). "
             'Use "auto" or "cpu".'
         )
     return device

@@ -24,7 +24,10 @@ log = logging.getLogger("finescope")
 
 @contextlib.contextmanager
 def logged(
-    log_path: str | Path, threads: int | None = None, offline: bool = True
+    log_path: str | Path,
+    threads: int | None = None,
+    offline: bool = True,
+    gpus: int | list[int] | None = None,
 ) -> Iterator[None]:
     """Send logging, warnings and progress bars of one job to its log file.
 
@@ -35,14 +38,20 @@ def logged(
 
     Compute jobs run offline (``HF_HUB_OFFLINE=1``): models reach them through the folders that
     the local ``prepare_model`` job wrote, which is the only job that may use the network.
+
+    ``gpus`` (``resources.gpus``) makes the job hold one GPU slot of that many for its life
+    (:func:`finescope.gpu.gpu_slot`).
     """
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threads:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(threads)
+        # NumPy/SciPy BLAS and OpenMP pools (the probes' scikit-learn fits) keep to them too.
+        threadpool_limits(threads)
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -55,6 +64,12 @@ def logged(
     import transformers
 
     transformers.logging.set_verbosity_error()
+    # One GPU per job (resources.gpus), chosen before torch initialises CUDA, logged to the job.
+    gpu = contextlib.ExitStack()
+    if gpus:
+        from finescope.gpu import gpu_slot
+
+        gpu.enter_context(gpu_slot(gpus))
     failure: FinescopeError | None = None
     with open(log_path, "a", encoding="utf-8") as stream, contextlib.redirect_stderr(stream):
         try:
@@ -67,6 +82,7 @@ def logged(
             raise
         finally:
             recorder.stop()
+            gpu.close()
             root.removeHandler(handler)
             handler.close()
             sys.stderr.flush()
@@ -82,6 +98,13 @@ def prepare_model(ref: str, out_dir: str, facts_path: str, trust_remote_code: bo
     facts = materialize_model(ref, out_dir, trust_remote_code=trust_remote_code)
     log.info("materialised %s into %s: %s", ref, out_dir, facts)
     io.write_json(facts_path, facts)
+
+
+def fetch_data(task: str, data_cfg: dict, out_dir: str) -> None:
+    """The local job that downloads a task's hub dataset (the only data job with network)."""
+    from finescope.data import fetch_hub_dataset
+
+    log.info("fetched %s", fetch_hub_dataset(task, data_cfg, out_dir))
 
 
 def prepare_data(task: str, data_cfg: dict, seed: int, probe_pool: dict, labels_path: str) -> None:

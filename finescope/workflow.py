@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from finescope.data import hub_data_dir, is_hub_dataset
 from finescope.errors import FinescopeError, unknown_key_hint
 from finescope.refs import GGUF_PREFIX, PYPI_PREFIX
 
@@ -22,6 +23,9 @@ TASK_ONLY_PROBES = {"svm": "nli", "bilstm_crf": "ner"}
 PRETRAINED = "0"
 RANDOM = "random"
 TABLES = ["data", "downstream", "probing", "change", "attention", "correlations", "measures"]
+# Defaults of the device settings (as in finetune.DEFAULT_SETTINGS and extract.DEFAULTS): a
+# job's settings leave them out when at these values.
+RUN_DEFAULTS = {"device": "auto", "bf16_autocast": False, "padding_side": "right"}
 
 
 def _dotted(parts: Sequence) -> str:
@@ -376,6 +380,8 @@ class Grid:
         if "lora" in override:
             settings["lora"] = {**settings["lora"], **override.pop("lora")}
         settings.update(override)
+        if settings.get("device") == RUN_DEFAULTS["device"]:
+            del settings["device"]  # the default of run_finetune: no new params, no re-run
         settings["seed"] = seed
         settings["trust_remote_code"] = self.config["models"][model]["trust_remote_code"]
         settings["ner_subword"] = self.ner_subword(model)
@@ -398,6 +404,11 @@ class Grid:
             "random_init": random_init,
             "trust_remote_code": self.config["models"][model]["trust_remote_code"],
         }
+        # How the forward pass runs; only when not at the default (which run_extract also
+        # assumes), so that finished jobs of a config that does not set them stay valid.
+        for key, default in RUN_DEFAULTS.items():
+            if extract.get(key, default) != default:
+                settings[key] = extract[key]
         # Each task gets only its own setting, so changing one re-extracts only that task.
         if task in (None, "nli"):
             settings["nli_view"] = extract["nli_view"]
@@ -422,7 +433,8 @@ class Grid:
         return settings
 
     def data_inputs(self, wildcards) -> list[str]:
-        """Local files a task reads, so that editing one re-runs that task's jobs only."""
+        """Local files a task reads, so that editing one re-runs that task's jobs only, and the
+        downloaded folder of a hub dataset."""
         data = self.config["tasks"][wildcards.task]["data"]
         paths = []
         if data["source"] == "files":
@@ -430,7 +442,11 @@ class Grid:
         elif data["source"] == "hf" and Path(str(data.get("name", ""))).expanduser().exists():
             paths = [data["name"]]
         # Only existing files: a missing one is reported by the data job with its config key.
-        return [str(Path(p).expanduser()) for p in paths if Path(p).expanduser().exists()]
+        inputs = [str(Path(p).expanduser()) for p in paths if Path(p).expanduser().exists()]
+        if is_hub_dataset(data):
+            # The folder that the local fetch_data job downloads the hub dataset to.
+            inputs.append(str(hub_data_dir(wildcards.task)))
+        return inputs
 
     def description(self) -> dict:
         """The grid in plain values, for the summary."""

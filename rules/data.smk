@@ -1,3 +1,24 @@
+from finescope.data import hub_data_dir
+
+
+# Run by Snakemake itself, never submitted: the only data job that may use the network.
+localrules:
+    fetch_data,
+
+
+rule fetch_data:
+    output:
+        directory(str(hub_data_dir("{task}"))),
+    log:
+        "logs/fetch_data/{task}.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        data=lambda wc: config["tasks"][wc.task]["data"],
+    script:
+        "../scripts/fetch_data.py"
+
+
 rule prepare_data:
     input:
         GRID.data_inputs,
