@@ -110,9 +110,13 @@ def fit_logistic(
                 logits[..., 0], target, reduction="none"
             ).mean(dim=1)
         else:
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(b * n, k), codes.reshape(-1), reduction="none"
-            ).reshape(b, n).mean(dim=1)
+            loss = (
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(b * n, k), codes.reshape(-1), reduction="none"
+                )
+                .reshape(b, n)
+                .mean(dim=1)
+            )
         # Problems are independent: their objectives add, so one L-BFGS solves them all.
         total = loss.sum() + 0.5 * l2 * (W * W).sum()
         total.backward()

@@ -109,7 +109,9 @@ def jnlpba_word_vectors(tmp_path_factory):
         run_extract("ner", work / "minilm", sample(corpus[split], n, seed), work / split, {})
         cache = Cache(work / split)
         labels = np.array([merge_ner_tag(tag) for tag in cache.labels])
-        layers = [np.asarray(cache.layer("word", i), dtype=np.float32) for i in range(cache.n_layers)]
+        layers = [
+            np.asarray(cache.layer("word", i), dtype=np.float32) for i in range(cache.n_layers)
+        ]
         caches[split] = (layers, labels)
     return caches
 
