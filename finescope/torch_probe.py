@@ -23,6 +23,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from finescope.errors import FinescopeError
 
 DEVICES = ("auto", "cpu", "cuda")
+# Entries of X times classes below which a CPU fit runs on one thread.
+SMALL_PROBLEM = 2_000_000
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -122,7 +124,16 @@ def fit_logistic(
         total.backward()
         return total
 
-    opt.step(closure)
+    threads = torch.get_num_threads()
+    # Small problems: thread start-up and spinning cost more than the arithmetic saves.
+    small = X.device.type == "cpu" and X.numel() * k < SMALL_PROBLEM
+    if small:
+        torch.set_num_threads(1)
+    try:
+        opt.step(closure)
+    finally:
+        if small:
+            torch.set_num_threads(threads)
     n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
     W, bias = W.detach(), bias.detach()
     if not batched:
