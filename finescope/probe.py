@@ -128,7 +128,9 @@ _FP16_MAX = float(np.finfo(np.float16).max)
 DEFAULT_SETTINGS: dict[str, Any] = {
     "probes": ["linear"],
     # C: a number, or a list searched per layer on probe-dev macro-F1 (linear and svm).
-    "linear": {"C": 1.0, "max_iter": 1000},
+    # backend: "torch" (L-BFGS in torch, on the GPU when there is one) or "sklearn"; both
+    # minimise scikit-learn's LogisticRegression objective, so C means the same.
+    "linear": {"C": 1.0, "max_iter": 1000, "backend": "torch"},
     "mlp": {"hidden": 128, "alpha": 1e-4, "max_iter": 200},
     "svm": {"C": 1.0, "gamma": "scale"},
     "bilstm_crf": {"hidden": 64, "epochs": 10, "lr": 0.01, "batch_size": 32},
@@ -191,6 +193,24 @@ class _ScaledProbe(BaseEstimator, ClassifierMixin):
         return np.log(np.clip(self.predict_proba(X), np.finfo(np.float64).tiny, None))
 
 
+LINEAR_BACKENDS = ("torch", "sklearn")
+
+
+def logistic_regression(backend: str, C: float, max_iter: int, random_state: int, **kw) -> Any:
+    """Unfitted multinomial logistic regression (lbfgs) of ``backend``, same objective in both."""
+    if backend == "torch":
+        from finescope.torch_probe import TorchLogisticRegression
+
+        return TorchLogisticRegression(C=C, max_iter=max_iter, random_state=random_state, **kw)
+    if backend == "sklearn":
+        return LogisticRegression(
+            C=C, max_iter=max_iter, solver="lbfgs", random_state=random_state, **kw
+        )
+    raise FinescopeError(
+        f"config key probe.linear.backend: {backend!r}; use one of {list(LINEAR_BACKENDS)}"
+    )
+
+
 class LinearProbe(_ScaledProbe):
     """StandardScaler + multinomial logistic regression (lbfgs).
 
@@ -202,17 +222,21 @@ class LinearProbe(_ScaledProbe):
         lbfgs iterations.
     random_state
         Seed (lbfgs is deterministic; kept for a uniform interface).
+    backend
+        ``torch`` (:class:`~finescope.torch_probe.TorchLogisticRegression`, GPU when there is
+        one) or ``sklearn`` (``LogisticRegression``).
     """
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000, random_state: int = 0) -> None:
+    def __init__(
+        self, C: float = 1.0, max_iter: int = 1000, random_state: int = 0, backend: str = "torch"
+    ) -> None:
         self.C = C
         self.max_iter = max_iter
         self.random_state = random_state
+        self.backend = backend
 
-    def _classifier(self, y: np.ndarray) -> LogisticRegression:
-        return LogisticRegression(
-            C=self.C, max_iter=self.max_iter, solver="lbfgs", random_state=self.random_state
-        )
+    def _classifier(self, y: np.ndarray) -> Any:
+        return logistic_regression(self.backend, self.C, self.max_iter, self.random_state)
 
     def predict_log_proba(self, X: np.ndarray) -> np.ndarray:
         if self.model_ is None:
@@ -252,6 +276,8 @@ class SelectedLinearProbe(_ScaledProbe):
         Fewest items for which a choice is made.
     max_iter, random_state
         lbfgs iterations; seed of the held-out split.
+    backend
+        ``torch`` or ``sklearn``, as for :class:`LinearProbe`.
     """
 
     def __init__(
@@ -261,16 +287,18 @@ class SelectedLinearProbe(_ScaledProbe):
         min_items: int = 10,
         max_iter: int = 1000,
         random_state: int = 0,
+        backend: str = "torch",
     ) -> None:
         self.grid = grid
         self.holdout = holdout
         self.min_items = min_items
         self.max_iter = max_iter
         self.random_state = random_state
+        self.backend = backend
 
-    def _lr(self, C: float, warm_start: bool = False) -> LogisticRegression:
-        return LogisticRegression(
-            C=C, max_iter=self.max_iter, random_state=self.random_state, warm_start=warm_start
+    def _lr(self, C: float, warm_start: bool = False) -> Any:
+        return logistic_regression(
+            self.backend, C, self.max_iter, self.random_state, warm_start=warm_start
         )
 
     def _choose_C(self, X: np.ndarray, y: np.ndarray) -> float:
@@ -305,7 +333,7 @@ class SelectedLinearProbe(_ScaledProbe):
         se = losses[best].std(ddof=1) / math.sqrt(n_best) if n_best > 1 else np.inf
         return grid[int(np.flatnonzero(means <= means[best] + se)[0])]
 
-    def _classifier(self, y: np.ndarray) -> LogisticRegression:
+    def _classifier(self, y: np.ndarray) -> Any:
         return self._lr(self.C_)
 
     def fit(
@@ -544,7 +572,8 @@ def make_probe(name: str, settings: dict | None = None, *, C: float | None = Non
                     "items by run_probes (pass dev_ids); give one number here"
                 )
         if name == "linear":
-            return LinearProbe(C, s["linear"]["max_iter"], random_state=seed)
+            lin = s["linear"]
+            return LinearProbe(C, lin["max_iter"], random_state=seed, backend=lin["backend"])
         return SVMProbe(C, s["svm"]["gamma"], random_state=seed)
     if name == "mlp":
         p = s["mlp"]
@@ -566,7 +595,10 @@ def make_mdl_probe(settings: dict | None = None) -> Any:
     mdl = s["mdl"]
     if mdl["probe"] == "linear":
         return SelectedLinearProbe(
-            mdl["C_grid"], max_iter=s["linear"]["max_iter"], random_state=s["seed"]
+            mdl["C_grid"],
+            max_iter=s["linear"]["max_iter"],
+            random_state=s["seed"],
+            backend=s["linear"]["backend"],
         )
     p = s["mlp"]
     return MLPProbe(p["hidden"], p["alpha"], p["max_iter"], s["seed"], early_stopping=True)
@@ -630,6 +662,11 @@ def resolve_settings(settings: dict) -> dict:
         raise FinescopeError("config key probe.n_jobs: expected a non-zero integer (-1 = all)")
     for key in C_PROBES:
         out[key]["C"] = _resolve_C(out[key]["C"], f"probe.{key}.C")
+    if out["linear"]["backend"] not in LINEAR_BACKENDS:
+        raise FinescopeError(
+            f"config key probe.linear.backend: {out['linear']['backend']!r}; use one of "
+            f"{list(LINEAR_BACKENDS)}"
+        )
     if not out["bilstm_crf"]["lr"] > 0:
         raise FinescopeError("config key probe.bilstm_crf.lr: must be > 0")
     for key, allowed in (

@@ -8,6 +8,8 @@ rule compare:
         "logs/compare/{task}/{model}/f{fraction}/s{seed}.log",
     benchmark:
         "benchmarks/compare/{task}/{model}/f{fraction}/s{seed}.tsv"
+    # Consumers of caches before new extractions, so temporary caches are freed early.
+    priority: 10
     conda:
         "../envs/analysis.yaml"
     threads: 1

@@ -10,6 +10,8 @@ rule probe:
         "logs/probe/{task}/{model}/f{fraction}/s{seed}.log",
     benchmark:
         "benchmarks/probe/{task}/{model}/f{fraction}/s{seed}.tsv"
+    # Consumers of caches before new extractions, so temporary caches are freed early.
+    priority: 10
     conda:
         "../envs/torch.yaml"
     threads: 2

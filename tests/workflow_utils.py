@@ -125,7 +125,14 @@ def tiny_config(workdir: Path, models: dict[str, Path], **overrides) -> Path:
             "checkpoint_every": 2,
             "max_length": 64,
         },
-        "extract": {"batch_size": 8, "max_length": 64, "attention_items": 6, "dtype": "float32"},
+        # keep: all, since tests read the caches after a run.
+        "extract": {
+            "batch_size": 8,
+            "max_length": 64,
+            "attention_items": 6,
+            "dtype": "float32",
+            "keep": "all",
+        },
         "probe": {"probes": ["linear"], "mlp": {"hidden": 16, "max_iter": 50}},
         "analysis": {"n_boot": 50},
     }

@@ -1,0 +1,230 @@
+"""Multinomial logistic regression fitted with full-batch L-BFGS in torch (GPU when there is one).
+
+The objective is scikit-learn's ``LogisticRegression(C=C)`` (lbfgs) exactly, so ``C`` means the
+same in both backends of the linear probe:
+
+    sum_i log_loss_i + ||W||^2 / (2 C)        (bias not penalised)
+
+minimised in its scaled form ``mean_i log_loss_i + ||W||^2 / (2 C n)``, as scikit-learn does,
+stopping when the largest absolute gradient entry is below ``tol`` (scipy's ``pgtol``). Two
+classes use one logit vector (scikit-learn's binomial loss), more classes one vector per class
+(its multinomial loss). :func:`fit_logistic` also fits a stack of problems (e.g. every layer of
+a grid point) in one batched solve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from finescope.errors import FinescopeError
+
+DEVICES = ("auto", "cpu", "cuda")
+# Entries of X times classes below which a CPU fit runs on one thread.
+SMALL_PROBLEM = 2_000_000
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    import torch
+
+    if device not in DEVICES:
+        raise FinescopeError(f"config key probe.linear.device: {device!r}; use one of {DEVICES}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FinescopeError("config key probe.linear.device: cuda, but torch sees no GPU")
+    return device
+
+
+def fit_logistic(
+    X: Any,
+    codes: Any,
+    n_classes: int,
+    C: float,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    init: tuple[Any, Any] | None = None,
+    history_size: int = 10,
+) -> tuple[Any, Any, int]:
+    """Fit L2-regularised logistic regression on torch tensors.
+
+    Parameters
+    ----------
+    X
+        Float tensor (n, d), or (b, n, d) for ``b`` independent problems solved together.
+    codes
+        Long tensor (n,) or (b, n) of class indices in ``0 .. n_classes-1``.
+    n_classes
+        Number of classes (>= 2).
+    C
+        Inverse L2 strength, as in scikit-learn.
+    max_iter, tol
+        L-BFGS iterations; stop when max |gradient| of the scaled objective is below ``tol``.
+    init
+        Starting (W, b) (warm start), shapes as returned.
+    history_size
+        L-BFGS memory (scipy's default is 10).
+
+    Returns
+    -------
+    W of shape (..., d, k), b of shape (..., k) with k = 1 for two classes else ``n_classes``,
+    and the number of iterations run.
+    """
+    import torch
+
+    batched = X.dim() == 3
+    if not batched:
+        X, codes = X[None], codes[None]
+    b, n, d = X.shape
+    k = 1 if n_classes == 2 else n_classes
+    if init is None:
+        W = torch.zeros(b, d, k, dtype=X.dtype, device=X.device)
+        bias = torch.zeros(b, k, dtype=X.dtype, device=X.device)
+    else:
+        W = init[0].reshape(b, d, k).clone().to(X)
+        bias = init[1].reshape(b, k).clone().to(X)
+    W.requires_grad_(True)
+    bias.requires_grad_(True)
+    l2 = 1.0 / (C * n)
+    if k == 1:
+        target = codes.to(X.dtype)
+    opt = torch.optim.LBFGS(
+        [W, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        max_eval=max_iter * 5 // 4,
+        tolerance_grad=tol,
+        tolerance_change=64 * float(torch.finfo(X.dtype).eps),
+        history_size=history_size,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        logits = torch.baddbmm(bias[:, None, :], X, W)
+        if k == 1:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits[..., 0], target, reduction="none"
+            ).mean(dim=1)
+        else:
+            loss = (
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(b * n, k), codes.reshape(-1), reduction="none"
+                )
+                .reshape(b, n)
+                .mean(dim=1)
+            )
+        # Problems are independent: their objectives add, so one L-BFGS solves them all.
+        total = loss.sum() + 0.5 * l2 * (W * W).sum()
+        total.backward()
+        return total
+
+    threads = torch.get_num_threads()
+    # Small problems: thread start-up and spinning cost more than the arithmetic saves.
+    small = X.device.type == "cpu" and X.numel() * k < SMALL_PROBLEM
+    if small:
+        torch.set_num_threads(1)
+    try:
+        opt.step(closure)
+    finally:
+        if small:
+            torch.set_num_threads(threads)
+    n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+    W, bias = W.detach(), bias.detach()
+    if not batched:
+        W, bias = W[0], bias[0]
+    return W, bias, n_iter
+
+
+class TorchLogisticRegression(BaseEstimator, ClassifierMixin):
+    """Drop-in for ``sklearn.linear_model.LogisticRegression(C, max_iter)`` (lbfgs), fitted by
+    :func:`fit_logistic` on ``device`` in ``dtype``; ``coef_`` / ``intercept_`` have
+    scikit-learn's shapes ((1, d) and (1,) for two classes).
+
+    Parameters
+    ----------
+    C, max_iter, tol
+        As in scikit-learn.
+    warm_start
+        Start the next ``fit`` from the current coefficients (as scikit-learn does).
+    device
+        ``auto`` (GPU if torch sees one), ``cpu`` or ``cuda``.
+    dtype
+        ``float32`` (default: twice the speed of float64, ample for a probe) or ``float64``.
+    random_state
+        Unused (the fit is deterministic); kept for scikit-learn's interface.
+    """
+
+    def __init__(
+        self,
+        C: float = 1.0,
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        warm_start: bool = False,
+        device: str = "auto",
+        dtype: str = "float32",
+        random_state: int | None = None,
+    ) -> None:
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
+        self.warm_start = warm_start
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+
+    def _tensor(self, X: np.ndarray):
+        import torch
+
+        return torch.as_tensor(
+            np.asarray(X), dtype=getattr(torch, self.dtype), device=self.device_
+        ).contiguous()
+
+    def fit(self, X: np.ndarray, y: Sequence) -> TorchLogisticRegression:
+        import torch
+
+        self.device_ = resolve_device(self.device)
+        classes, codes = np.unique(np.asarray(y), return_inverse=True)
+        if len(classes) < 2:
+            raise FinescopeError("logistic regression needs at least two classes in y")
+        init = None
+        if self.warm_start and getattr(self, "classes_", None) is not None:
+            if np.array_equal(self.classes_, classes):
+                init = (torch.as_tensor(self.coef_.T), torch.as_tensor(self.intercept_))
+        W, b, self.n_iter_ = fit_logistic(
+            self._tensor(X),
+            torch.as_tensor(codes, device=self.device_),
+            len(classes),
+            float(self.C),
+            max_iter=self.max_iter,
+            tol=self.tol,
+            init=init,
+        )
+        self.classes_ = classes
+        self.coef_ = W.T.double().cpu().numpy()
+        self.intercept_ = b.double().cpu().numpy()
+        self.n_features_in_ = self.coef_.shape[1]
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        scores = np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_
+        return scores[:, 0] if scores.shape[1] == 1 else scores
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        from scipy.special import expit, softmax
+
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            p = expit(scores)
+            return np.stack([1 - p, p], axis=1)
+        return softmax(scores, axis=1)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        scores = self.decision_function(X)
+        idx = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+        return self.classes_[idx]

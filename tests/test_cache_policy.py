@@ -1,0 +1,57 @@
+"""extract.keep: none: every hidden-state cache is deleted once its probe and compare jobs are
+done, the run still completes, a re-run has nothing to do, and a changed probe setting
+re-extracts the caches it needs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.workflow_utils import merge_config, planned_jobs, snakemake, tiny_config
+
+pytestmark = pytest.mark.workflow
+
+RUN = ("--cores", "2", "--set-threads", "finetune=1", "extract=1", "probe=1")
+TASKS = {"ner": {"data": {"source": "synthetic", "train": 40, "dev": 9, "test": 15}}}
+
+
+def _caches(workdir):
+    root = workdir / "results" / "cache"
+    return sorted(p for p in root.rglob("meta.json")) if root.exists() else []
+
+
+def test_temporary_caches_are_removed_after_their_consumers(tmp_path, tiny_bert_dir):
+    config = tiny_config(
+        tmp_path,
+        {"bert": (tiny_bert_dir, "encoder")},
+        tasks=TASKS,
+        fractions=[0, 100],
+        extract={"batch_size": 8, "max_length": 64, "attention_items": 4, "keep": "none"},
+    )
+    args = ("--configfile", str(config))
+    planned = planned_jobs(tmp_path, *args)
+    assert planned["extract"] >= 4 and planned["probe"] >= 2 and planned["compare"] >= 1
+
+    run = snakemake(tmp_path, *RUN, *args)
+    log = run.stdout + run.stderr
+    assert "Removing temporary output" in log
+    # Every cache was made, read and then removed; what they fed is all there.
+    assert _caches(tmp_path) == []
+    probes = list((tmp_path / "results" / "probe").rglob("*.csv"))
+    assert len(probes) == planned["probe"]
+    assert all(len(pd.read_csv(p)) for p in probes)
+    assert len(list((tmp_path / "results" / "change").rglob("*.csv"))) == planned["compare"]
+    assert (tmp_path / "results" / "summary.md").is_file()
+
+    # Deleted temporary outputs are not missing outputs: nothing to do.
+    assert planned_jobs(tmp_path, *args) == {}
+
+    # A changed probe setting re-runs the probes, which need their caches back.
+    changed = merge_config(yaml.safe_load(config.read_text()), {"probe": {"linear": {"C": 0.5}}})
+    variant = tmp_path / "config-c.yaml"
+    variant.write_text(yaml.safe_dump(changed, sort_keys=False))
+    again = planned_jobs(tmp_path, "--configfile", str(variant))
+    assert again["probe"] == planned["probe"]
+    assert again["extract"] >= 2 * planned["probe"]
+    assert "finetune" not in again
