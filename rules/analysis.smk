@@ -1,3 +1,19 @@
+CURVES = [m.replace("metrics.json", "curve.csv") for m in METRICS]
+# The attention example: pre-trained vs the largest fraction's first seed, per task x model.
+ATTENTION_EXAMPLES = (
+    [
+        (
+            f"results/cache/{t}/{m}/f0/s0/test",
+            f"results/cache/{t}/{m}/f{max(GRID.trained_fractions)}/s{GRID.seeds[0]}/test",
+        )
+        for t in TASKS
+        for m in MODELS
+    ]
+    if GRID.trained_fractions
+    else []
+)
+
+
 rule data_table:
     input:
         labels=expand("results/data/{task}/labels.json", task=TASKS),
@@ -76,6 +92,10 @@ rule figures:
     input:
         measures="results/tables/measures.parquet",
         correlations="results/tables/correlations.csv",
+        curves=CURVES,
+        metrics=METRICS,
+        pre_caches=[pre for pre, _ in ATTENTION_EXAMPLES],
+        ft_caches=[ft for _, ft in ATTENTION_EXAMPLES],
     output:
         png=[
             report(
@@ -90,6 +110,8 @@ rule figures:
         "logs/analysis/figures.log",
     conda:
         "../envs/analysis.yaml"
+    params:
+        grid=GRID.description(),
     script:
         "../scripts/figures.py"
 

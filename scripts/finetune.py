@@ -9,4 +9,6 @@ with stages.logged(snakemake.log[0], threads=snakemake.threads):
         snakemake.output.model,
         snakemake.params.checkpoints,
         snakemake.params.settings,
+        # Read from the config, not params: turning tracking on re-runs no job.
+        tracking=snakemake.config.get("tracking"),
     )
