@@ -134,3 +134,17 @@ rule summary:
         grid=GRID.description(),
     script:
         "../scripts/summary.py"
+
+
+rule resolved_config:
+    output:
+        "results/config.resolved.yaml",
+    log:
+        "logs/analysis/resolved_config.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        # Any change of the config rewrites it.
+        config=config,
+    script:
+        "../scripts/resolved_config.py"
