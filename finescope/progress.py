@@ -41,13 +41,16 @@ class Progress:
         total: int,
         unit: str = "item",
         *,
-        every: float = EVERY_SECONDS,
+        every: float | None = None,
         initial: int = 0,
         enabled: bool = True,
         clock=time.monotonic,
     ) -> None:
         self.what, self.total, self.unit = what, int(total), unit
-        self.every, self.enabled, self.clock = float(every), enabled, clock
+        self.units = unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
+        self.every = EVERY_SECONDS if every is None else float(every)
+        self.enabled, self.clock = enabled, clock
+        self.extra: dict = {}
         self.done = self.start_done = int(initial)
         self.counts: dict[str, float] = {}
         self.started = self.clock()
@@ -55,28 +58,29 @@ class Progress:
 
     def update(self, n: int = 1, extra: dict | None = None, **counts: float) -> None:
         self.done += n
+        self.extra = dict(extra or {})
         for key, value in counts.items():
             self.counts[key] = self.counts.get(key, 0.0) + float(value)
         now = self.clock()
         due = self.last_logged is None or now - self.last_logged >= self.every
         if self.enabled and (due or self.done >= self.total):
             self.last_logged = now
-            log.info("%s", self.line(now, extra))
+            log.info("%s", self.line(now))
 
-    def line(self, now: float | None = None, extra: dict | None = None) -> str:
+    def line(self, now: float | None = None) -> str:
         now = self.clock() if now is None else now
         elapsed = max(now - self.started, 1e-9)
         new = self.done - self.start_done
         rate = new / elapsed
-        parts = [f"{self.what}: {self.done}/{self.total} {self.unit}s"]
+        parts = [f"{self.what}: {self.done}/{self.total} {self.units}"]
         if self.total:
             parts[0] += f" ({100 * self.done / self.total:.0f} %)"
-        parts.append(f"{rate:.2f} {self.unit}s/s")
+        parts.append(f"{rate:.2f} {self.units}/s")
         parts += [f"{value / elapsed:.0f} {key}/s" for key, value in self.counts.items()]
         left = self.total - self.done
         if left > 0 and rate > 0:
             parts.append(f"ETA {format_seconds(left / rate)}")
         else:
             parts.append(f"took {format_seconds(elapsed)}")
-        parts += [f"{key} {value}" for key, value in (extra or {}).items()]
+        parts += [f"{key} {value}" for key, value in self.extra.items()]
         return ", ".join(parts)

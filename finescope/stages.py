@@ -162,7 +162,9 @@ def finetune(
         task_, model, fraction, seed = Path(model_out).parts[-5:-1]
         point = {"task": task_, "model": model, "fraction": fraction[1:], "seed": int(seed[1:])}
         curve = Path(model_out).parent / "curve.csv"
-        track.log_finetune_run(tracking, point, settings, metrics, curve)
+        from finescope.finetune import resolve_settings
+
+        track.log_finetune_run(tracking, point, resolve_settings(settings), metrics, curve)
 
 
 def probe_items(items: list[dict], max_items: int | None, seed: int) -> list[dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ def _mlflow(s: dict):
             "install the extra with: pip install '.[tracking]' (or set tracking.backend: none)"
         ) from exc
     if s["uri"]:
+        if str(s["uri"]).startswith("file:"):
+            # mlflow-skinny has no SQL store, so a local folder is the local option; MLflow 3
+            # refuses it unless told that it is wanted.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         mlflow.set_tracking_uri(s["uri"])
     mlflow.set_experiment(s["experiment"])
     return mlflow
