@@ -106,12 +106,16 @@ rule figures:
             for name in FIGURES
         ],
         svg=expand("results/figures/{name}.svg", name=FIGURES),
+        # The config as the run resolved it, for finescope.load_run; the figures already
+        # depend on every stage, and the whole config as a param rewrites it on any change.
+        config="results/config.resolved.yaml",
     log:
         "logs/analysis/figures.log",
     conda:
         "../envs/analysis.yaml"
     params:
         grid=GRID.description(),
+        config=config,
     script:
         "../scripts/figures.py"
 
@@ -134,17 +138,3 @@ rule summary:
         grid=GRID.description(),
     script:
         "../scripts/summary.py"
-
-
-rule resolved_config:
-    output:
-        "results/config.resolved.yaml",
-    log:
-        "logs/analysis/resolved_config.log",
-    conda:
-        "../envs/analysis.yaml"
-    params:
-        # Any change of the config rewrites it.
-        config=config,
-    script:
-        "../scripts/resolved_config.py"

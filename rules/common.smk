@@ -45,7 +45,6 @@ def final_outputs():
     return (
         expand("results/tables/{table}.csv", table=TABLES)
         + ["results/tables/measures.parquet", "results/summary.md"]
-        + ["results/config.resolved.yaml"]
         + expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "svg"])
     )
 

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from finescope import stages
+from finescope.run import write_resolved_config
 
 with stages.logged(snakemake.log[0]):
     stages.figures(
@@ -16,3 +17,4 @@ with stages.logged(snakemake.log[0]):
         tracking=snakemake.config.get("tracking"),
         grid=snakemake.params.grid,
     )
+    write_resolved_config(snakemake.params.config, snakemake.output.config)
