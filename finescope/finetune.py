@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ import numpy as np
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from finescope.errors import FinescopeError
 from finescope.io import atomic_path, read_json, write_json
@@ -52,6 +50,7 @@ from finescope.models import (
     load_tokenizer,
     word_index,
 )
+from finescope.progress import Progress
 
 logger = logging.getLogger("finescope.finetune")
 
@@ -1207,15 +1206,12 @@ def train_loop(
         device,
         precision.name,
     )
-    bar = tqdm(
-        total=total_steps,
+    bar = Progress(
+        f"fine-tune {task}",
+        total_steps,
+        "step",
         initial=state.global_step,
-        desc=f"fine-tune {task}",
-        unit="step",
-        file=sys.stderr,
-        disable=not progress,
-        mininterval=1.0 if sys.stderr.isatty() else 30.0,
-        dynamic_ncols=True,
+        enabled=progress,
     )
     if state.rng is not None:
         # Last thing before the loop: model loading and set-up must not disturb restored RNGs.
@@ -1282,19 +1278,12 @@ def train_loop(
                         state.best_epoch,
                     )
                 state.curve.append(row)
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{loss_value:.4f}",
-                    ex_s=f"{state.examples_seen / max(state.train_seconds, 1e-9):.1f}",
-                    refresh=False,
-                )
+                bar.update(1, {"loss": f"{loss_value:.4f}"}, examples=n_examples)
                 if store is not None and every and state.global_step % every == 0:
                     store.save(state, model, optimizer, scheduler, scaler)
                     _after_checkpoint(store.saved)
     except torch.OutOfMemoryError as exc:
         raise _oom_error(exc, s, "training") from exc
-    finally:
-        bar.close()
     state.epoch, state.step_in_epoch = epochs, 0
     if state.best_params is not None:
         _restore(model, state.best_params)
@@ -1372,6 +1361,20 @@ def _write_curve(path: Path, rows: Sequence[dict]) -> None:
             )
 
 
+def predictions_record(task: str, items: Sequence[dict], predictions: Sequence) -> dict:
+    """Test predictions beside their gold labels, compact enough for ``metrics.json``: NLI
+    label names; NER one string of space-separated IOB2 tags per sentence (one per word)."""
+    gold = [item["label"] if task == "nli" else item["tags"] for item in items]
+    if task == "ner":
+        gold = [" ".join(tags) for tags in gold]
+        predictions = [" ".join(tags) for tags in predictions]
+    return {
+        "ids": [str(item.get("id", i)) for i, item in enumerate(items)],
+        "gold": list(gold),
+        "predicted": list(predictions),
+    }
+
+
 def run_finetune(
     task: str,
     model_dir: str | Path,
@@ -1447,7 +1450,7 @@ def run_finetune(
             model = model.merge_and_unload()
         model.eval()
         test = _encode_for(model, tokenizer, task, test_items, labels, s, "test")
-        test_metrics, _ = _evaluate_encoded(
+        test_metrics, test_predictions = _evaluate_encoded(
             model, tokenizer, task, test_items, labels, test, s, precision
         )
 
@@ -1471,6 +1474,7 @@ def run_finetune(
         "seed": s["seed"],
         "lora": s["lora"]["enabled"],
         "model_dir": str(model_dir),
+        "test_predictions": predictions_record(task, test_items, test_predictions),
     }
     clash = set(facts) & set(test_metrics)
     assert not clash, clash

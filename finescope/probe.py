@@ -89,6 +89,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from finescope.errors import FinescopeError
+from finescope.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -1583,12 +1584,17 @@ def run_probes(
             X_test = layer_features(test_c, layer, test.rows, spec)
             yield layer, task, X_train, X_dev, X_test, train, dev, test, s
 
+    bar = Progress(f"probe {task} {point['model']} f{point['fraction']}", n_layers, "layer")
     if s["n_jobs"] == 1:
-        results = [_probe_one_layer(*job) for job in layer_jobs()]
+        finished = (_probe_one_layer(*job) for job in layer_jobs())
     else:
-        results = Parallel(n_jobs=s["n_jobs"])(
+        finished = Parallel(n_jobs=s["n_jobs"], return_as="generator")(
             delayed(_probe_one_layer)(*job) for job in layer_jobs()
         )
+    results = []
+    for layer_rows in finished:
+        results.append(layer_rows)
+        bar.update(1)
     rows = [r for layer_rows in results for r in layer_rows]
     table = pd.DataFrame(rows, columns=["layer", "probe", "measure", "value"])
     table.insert(0, "task", task)

@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pandas as pd
 
 from finescope import io, job_warnings
 from finescope.errors import FinescopeError
+from finescope.progress import format_seconds
 
 log = logging.getLogger("finescope")
 
@@ -42,6 +44,11 @@ def logged(
     ``gpus`` (``resources.gpus``) makes the job hold one GPU slot of that many for its life
     (:func:`finescope.gpu.gpu_slot`).
     """
+    console = _console_job(log_path)
+    if console:
+        _HEADLINE.clear()
+        print(f"finescope: {console} started (tail -f {log_path})", file=sys.stderr, flush=True)
+        started = time.monotonic()
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -90,6 +97,30 @@ def logged(
         # stderr is the console's again: one line, no traceback (that is in the log).
         print(f"finescope: {failure} (log: {log_path})", file=sys.stderr, flush=True)
         raise SystemExit(1)
+    if console:
+        took = format_seconds(time.monotonic() - started)
+        headline = f": {_HEADLINE['text']}" if _HEADLINE.get("text") else ""
+        print(f"finescope: {console} done in {took}{headline}", file=sys.stderr, flush=True)
+
+
+# Long jobs announce themselves on the console: one line when they start, one when they end.
+CONSOLE_STAGES = ("finetune", "extract", "probe", "compare")
+_HEADLINE: dict[str, str] = {}
+
+
+def _console_job(log_path: str | Path) -> str | None:
+    """``logs/finetune/nli/bert/f50/s1.log`` -> ``"finetune nli/bert/f50/s1"``; None for the
+    jobs that stay quiet (data, models, analysis)."""
+    parts = Path(log_path).with_suffix("").parts
+    for i, part in enumerate(parts[:-1]):
+        if part == "logs" and parts[i + 1] in CONSOLE_STAGES:
+            return f"{parts[i + 1]} {'/'.join(parts[i + 2 :])}"
+    return None
+
+
+def headline(text: str) -> None:
+    """The number a job's console end line reports (e.g. its test score)."""
+    _HEADLINE["text"] = text
 
 
 def prepare_model(ref: str, out_dir: str, facts_path: str, trust_remote_code: bool) -> None:
@@ -130,6 +161,7 @@ def finetune(
     model_out: str,
     checkpoint_dir: str,
     settings: dict,
+    tracking: dict | None = None,
 ) -> None:
     from finescope.finetune import run_finetune
     from finescope.subsample import read_subset
@@ -145,7 +177,20 @@ def finetune(
         checkpoint_dir,
         settings,
     )
-    log.info("metrics: %s", metrics)
+    log.info("metrics: %s", {k: v for k, v in metrics.items() if k != "test_predictions"})
+    dev = (metrics.get("dev") or {}).get("score")
+    dev_text = f", dev {dev:.3f}" if isinstance(dev, float) else ""
+    headline(f"test {metrics['primary']} {metrics['score']:.3f}{dev_text}")
+    from finescope import tracking as track
+
+    if track.enabled(tracking):
+        # ``<task>/<model>/f<fraction>/s<seed>/model``
+        task_, model, fraction, seed = Path(model_out).parts[-5:-1]
+        point = {"task": task_, "model": model, "fraction": fraction[1:], "seed": int(seed[1:])}
+        curve = Path(model_out).parent / "curve.csv"
+        from finescope.finetune import resolve_settings
+
+        track.log_finetune_run(tracking, point, resolve_settings(settings), metrics, curve)
 
 
 def probe_items(items: list[dict], max_items: int | None, seed: int) -> list[dict]:
@@ -167,6 +212,7 @@ def extract(task: str, model_dir: str, data_path: str, out_dir: str, settings: d
     info = run_extract(task, model_dir, items, Path(out_dir), settings)
     log.info("extracted %d items: %s", len(items), info)
     _warn_truncation(task, info)
+    headline(f"{len(items)} items x {info.get('n_layers')} layers in {out_dir}")
 
 
 def _warn_truncation(task: str, info: dict) -> None:
@@ -232,12 +278,38 @@ def probe(
     # How much of the probed input max_length cut (words: NER only; empty for NLI).
     table = table.assign(**truncation_counts(probe_cache, test_cache))
     write_csv(table, out_csv)
+    headline(_best_probe_line(table))
+
+
+def _best_probe_line(table: pd.DataFrame) -> str:
+    """``"best linear macro_f1 0.912 at layer 4"``: the probe score at the layer that is best
+    on probe-dev (on test when there is no probe-dev), over the probes of the job."""
+    for measure in ("macro_f1", "accuracy"):
+        test = table[table["measure"] == measure]
+        if test.empty:
+            continue
+        dev = table[table["measure"] == f"dev_{measure}"]
+        pick = dev if len(dev) else test
+        best = pick.loc[pick["value"].idxmax()]
+        at = test[(test["probe"] == best["probe"]) & (test["layer"] == best["layer"])]
+        value = float(at["value"].iloc[0]) if len(at) else float("nan")
+        chosen = "probe-dev" if len(dev) else "test"
+        return (
+            f"{best['probe']} {measure} {value:.3f} at layer {int(best['layer'])} "
+            f"(best on {chosen})"
+        )
+    return f"{len(table)} rows"
 
 
 def compare(pretrained: str, finetuned: str, point: dict, settings: dict, out_csv: str) -> None:
     from finescope.compare import run_compare
 
-    write_csv(run_compare(Path(pretrained), Path(finetuned), point, settings), out_csv)
+    table = run_compare(Path(pretrained), Path(finetuned), point, settings)
+    write_csv(table, out_csv)
+    cka = table[(table["measure"] == "cka") & (table["head"] == "all")]
+    if len(cka):
+        last = cka.loc[cka["layer"].idxmax()]
+        headline(f"CKA {float(last['value']):.3f} at the last layer ({int(last['layer'])})")
 
 
 def write_csv(table: pd.DataFrame, path: str | Path) -> None:
@@ -311,13 +383,42 @@ def correlations(measures_path: str, settings: dict, out_csv: str) -> None:
     write_csv(table, out_csv)
 
 
-def figures(measures_path: str, correlations_path: str, out_dir: str | Path) -> None:
-    from finescope.figures import make_all_figures
+def figures(
+    measures_path: str,
+    correlations_path: str,
+    out_dir: str | Path,
+    curve_paths: list[str] = (),
+    metrics_paths: list[str] = (),
+    attention_pairs: list[tuple[str, str]] = (),
+    tracking: dict | None = None,
+    grid: dict | None = None,
+) -> None:
+    """Every figure; ``attention_pairs`` are (pre-trained, fine-tuned) test caches of the
+    attention example. With tracking on, the analysis run is logged here too."""
+    from finescope import figures as fg
 
-    written = make_all_figures(
-        pd.read_parquet(measures_path), pd.read_csv(correlations_path), out_dir
+    examples = {}
+    for pre, ft in attention_pairs:
+        point = fg._job_point(Path(ft) / "x")
+        key = (point["task"], point["model"], point["fraction"])
+        examples[key] = fg.attention_example(pre, ft)
+    tidy = pd.read_parquet(measures_path)
+    correlations = pd.read_csv(correlations_path)
+    written = fg.make_all_figures(
+        tidy,
+        correlations,
+        out_dir,
+        curves=fg.read_curves(curve_paths),
+        predictions=fg.read_predictions(metrics_paths),
+        attention=examples,
     )
     log.info("figures: %s", {name: [str(p) for p in paths] for name, paths in written.items()})
+    from finescope import tracking as track
+
+    if track.enabled(tracking):
+        downstream = tidy[tidy["source"] == "downstream"]
+        pngs = [paths[0] for paths in written.values()]
+        track.log_analysis_run(tracking, downstream, correlations, grid, pngs)
 
 
 def summary(

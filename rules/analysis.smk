@@ -1,3 +1,19 @@
+CURVES = [m.replace("metrics.json", "curve.csv") for m in METRICS]
+# The attention example: pre-trained vs the largest fraction's first seed, per task x model.
+ATTENTION_EXAMPLES = (
+    [
+        (
+            f"results/cache/{t}/{m}/f0/s0/test",
+            f"results/cache/{t}/{m}/f{max(GRID.trained_fractions)}/s{GRID.seeds[0]}/test",
+        )
+        for t in TASKS
+        for m in MODELS
+    ]
+    if GRID.trained_fractions
+    else []
+)
+
+
 rule data_table:
     input:
         labels=expand("results/data/{task}/labels.json", task=TASKS),
@@ -76,6 +92,10 @@ rule figures:
     input:
         measures="results/tables/measures.parquet",
         correlations="results/tables/correlations.csv",
+        curves=CURVES,
+        metrics=METRICS,
+        pre_caches=[pre for pre, _ in ATTENTION_EXAMPLES],
+        ft_caches=[ft for _, ft in ATTENTION_EXAMPLES],
     output:
         png=[
             report(
@@ -86,10 +106,16 @@ rule figures:
             for name in FIGURES
         ],
         svg=expand("results/figures/{name}.svg", name=FIGURES),
+        # The config as the run resolved it, for finescope.load_run; the figures already
+        # depend on every stage, and the whole config as a param rewrites it on any change.
+        config="results/config.resolved.yaml",
     log:
         "logs/analysis/figures.log",
     conda:
         "../envs/analysis.yaml"
+    params:
+        grid=GRID.description(),
+        config=config,
     script:
         "../scripts/figures.py"
 

@@ -1,10 +1,20 @@
 from pathlib import Path
 
 from finescope import stages
+from finescope.run import write_resolved_config
 
 with stages.logged(snakemake.log[0]):
     stages.figures(
         snakemake.input.measures,
         snakemake.input.correlations,
         Path(snakemake.output.png[0]).parent,
+        curve_paths=snakemake.input.curves,
+        metrics_paths=snakemake.input.metrics,
+        attention_pairs=list(
+            zip(snakemake.input.pre_caches, snakemake.input.ft_caches, strict=True)
+        ),
+        # Read from the config, not params: turning tracking on re-runs no job.
+        tracking=snakemake.config.get("tracking"),
+        grid=snakemake.params.grid,
     )
+    write_resolved_config(snakemake.params.config, snakemake.output.config)

@@ -11,4 +11,6 @@ with stages.logged(
         snakemake.output.model,
         snakemake.params.checkpoints,
         snakemake.params.settings,
+        # Read from the config, not params: turning tracking on re-runs no job.
+        tracking=snakemake.config.get("tracking"),
     )

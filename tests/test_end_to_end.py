@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
+import finescope
 from finescope.figures import FIGURES
 from tests.workflow_utils import planned_jobs, snakemake, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.workflow
 
@@ -21,7 +29,8 @@ def tiny_run(tmp_path_factory, tiny_bert_dir, tiny_llama_dir):
     config = tiny_config(
         workdir, {"bert": (tiny_bert_dir, "encoder"), "llama": (tiny_llama_dir, "decoder")}
     )
-    snakemake(workdir, "--cores", "2", "--configfile", str(config))
+    result = snakemake(workdir, "--cores", "2", "--configfile", str(config))
+    (workdir / "console.txt").write_text(result.stderr)
     return workdir, config
 
 
@@ -78,3 +87,64 @@ def test_a_finished_run_plans_nothing_and_the_report_builds(tiny_run):
     assert planned_jobs(workdir, "--configfile", str(config)) == {}
     snakemake(workdir, "--configfile", str(config), "--report", "results/report.html")
     assert (workdir / "results" / "report.html").stat().st_size > 10_000
+
+
+def test_long_jobs_print_one_line_at_start_and_end(tiny_run):
+    workdir, _ = tiny_run
+    console = (workdir / "console.txt").read_text().splitlines()
+    ours = [line for line in console if line.startswith("finescope: ")]
+    job = "finetune nli/bert/f100/s1"
+    log = "logs/finetune/nli/bert/f100/s1.log"
+    assert ours.count(f"finescope: {job} started (tail -f {log})") == 1
+    done = [line for line in ours if line.startswith(f"finescope: {job} done in ")]
+    assert len(done) == 1 and re.search(r": test macro_f1 \d\.\d{3}", done[0])
+    # Every long job's log, and two console lines for each: one as it starts, one as it ends.
+    logs = [
+        p.relative_to(workdir)
+        for stage in ("finetune", "extract", "probe", "compare")
+        for p in (workdir / "logs" / stage).rglob("*.log")
+    ]
+    assert len(logs) == 8 + 32 + 16 + 8
+    assert len(ours) == 2 * len(logs), ours
+    for path in logs:
+        assert sum(line.endswith(f"(tail -f {path})") for line in ours) == 1, path
+    probes = [line for line in ours if line.startswith("finescope: probe") and "done" in line]
+    assert all(re.search(r"linear macro_f1 \d\.\d{3} at layer \d", line) for line in probes)
+    assert "fine-tune nli: " in (workdir / log).read_text()
+
+
+def test_load_run_reads_the_finished_run(tiny_run):
+    workdir, _ = tiny_run
+    run = finescope.load_run(workdir)
+    assert set(run.measures["source"]) == {"downstream", "probing", "change"}
+    assert len(run.downstream) == 8 and set(run.correlations["task"]) == {"nli", "ner"}
+    assert set(run.data["task"]) == {"nli", "ner"}
+    assert run.config["fractions"] == [0, 50, 100] and run.config["tracking"]["backend"] == "none"
+    assert run.config["finetune"]["weight_decay"] is not None  # defaults filled in
+    assert set(run.models) == {"bert", "llama"} and run.models["bert"]["n_layers"] == 3
+    for task in ("nli", "ner"):
+        files = run.data_files[task]["files"]
+        assert set(files) == {"train", "dev", "test", "probe"}
+        train = workdir / "results" / "data" / task / "train.jsonl"
+        assert files["train"]["sha256"] == hashlib.sha256(train.read_bytes()).hexdigest()
+        assert "probe_pool" in run.data_files[task]["provenance"]
+    assert set(FIGURES) <= set(run.figures)
+    curves = run.curves()
+    assert set(curves["fraction"]) == {"50", "100"} and curves["loss"].notna().all()
+    predictions = run.predictions()
+    nli = predictions[(predictions["task"] == "nli") & (predictions["fraction"] == "100")]
+    assert len(nli) == 2 * 15  # two models, 15 test pairs
+    assert finescope.load_run(workdir / "results").root == workdir
+
+
+def test_the_readme_notebook_example_runs_as_written(tiny_run, monkeypatch):
+    workdir, _ = tiny_run
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Notebooks", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(workdir)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    text = out.getvalue()
+    assert "nli" in text and "ner" in text and "[0, 50, 100]" in text

@@ -171,3 +171,125 @@ def test_top_correlations_picks_smallest_q_among_powered_tests(drawn):
     assert figures.top_correlations(fake, scope="within_model").empty
     top = figures.top_correlations(corr)
     assert len(top) == 1 and not top["underpowered"].any()
+
+
+# --------------------------------------------------------------------------------------------
+# Learning curves, confusion, probe heatmaps, attention example
+
+
+def _job(root, task, model, fraction, seed):
+    folder = root / task / model / f"f{fraction}" / f"s{seed}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def test_learning_curves_from_curve_files(tmp_path):
+    from finescope.finetune import _write_curve
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for fraction, steps in ((50, 6), (100, 12)):
+        for seed in (0, 1):
+            rows = [
+                {
+                    "step": step,
+                    "epoch": step / (steps / 2),
+                    "loss": 2.0 / step + rng.uniform(0, 0.1),
+                    "learning_rate": 1e-4,
+                    "dev_score": 0.3 + 0.05 * step if step % (steps // 2) == 0 else None,
+                    "examples_per_second": 10.0,
+                }
+                for step in range(1, steps + 1)
+            ]
+            path = _job(tmp_path, "nli", "enc", fraction, seed) / "curve.csv"
+            _write_curve(path, rows)
+            paths.append(path)
+    curves = figures.read_curves(paths)
+    assert len(curves) == 2 * (6 + 12)
+    assert set(curves["fraction"]) == {"50", "100"} and set(curves["seed"]) == {0, 1}
+    assert curves["dev_score"].notna().sum() == 8  # two epochs per run
+    out = figures.plot_learning_curves(curves, tmp_path / "curves")
+    assert_valid(out)
+    svg = out[1].read_text(encoding="utf-8")
+    assert "nli · enc · training loss" in svg and "100 %" in svg
+
+
+def test_confusion_from_stored_test_predictions(tmp_path):
+    from finescope.finetune import predictions_record
+    from finescope.io import write_json
+    from finescope.metrics import ner_metrics, nli_metrics
+
+    labels = ["contradiction", "entailment", "neutral"]
+    nli = [{"id": f"p{i}", "label": labels[i % 3]} for i in range(9)]
+    ner = [{"id": "s0", "tags": ["B-protein", "I-protein", "O"]}, {"id": "s1", "tags": ["O"]}]
+    paths = []
+    for fraction in (50, 100):
+        predicted = [labels[(i + (i % 2)) % 3] for i in range(9)]
+        metrics = nli_metrics([i["label"] for i in nli], predicted, labels)
+        path = _job(tmp_path, "nli", "enc", fraction, 0) / "metrics.json"
+        write_json(path, metrics | {"test_predictions": predictions_record("nli", nli, predicted)})
+        paths.append(path)
+    tags = [["B-protein", "B-protein", "O"], ["O"]]
+    metrics = ner_metrics([i["tags"] for i in ner], tags)
+    path = _job(tmp_path, "ner", "enc", 100, 0) / "metrics.json"
+    write_json(path, metrics | {"test_predictions": predictions_record("ner", ner, tags)})
+    paths.append(path)
+
+    table = figures.read_predictions(paths)
+    assert len(table) == 2 * 9 + 4  # NLI items, NER words
+    ner_rows = table[table["task"] == "ner"]
+    assert ner_rows["predicted"].tolist() == ["B-protein", "B-protein", "O", "O"]
+    # The NLI diagonal equals the confusion matrix that metrics.json has.
+    largest = table[(table["task"] == "nli") & (table["fraction"] == "100")]
+    counts = pd.crosstab(largest["gold"], largest["predicted"]).reindex(
+        index=labels, columns=labels, fill_value=0
+    )
+    assert counts.to_numpy().tolist() == metrics_confusion(paths[1])
+    out = figures.plot_confusion(table, tmp_path / "confusion")
+    assert_valid(out)
+    svg = out[1].read_text(encoding="utf-8")
+    assert "nli · enc · 100 %" in svg and "ner · enc · 100 %" in svg and "I-protein" in svg
+    assert "50 %" not in svg  # only the largest fraction is drawn
+
+
+def metrics_confusion(path):
+    from finescope.io import read_json
+
+    return read_json(path)["confusion"]
+
+
+def test_probe_heatmaps_score_selectivity_compression(tmp_path):
+    tidy, _ = tiny_tables(fractions=(50, 100), seeds=(0, 1))
+    out = figures.plot_probe_heatmaps(tidy, tmp_path / "heat")
+    assert_valid(out)
+    svg = out[1].read_text(encoding="utf-8")
+    for text in ("probe score (accuracy)", "selectivity", "MDL compression", "nli · dec"):
+        assert text in svg
+    assert "random weights" in svg and "50 %" in svg
+
+
+def test_attention_example_from_real_caches(tmp_path, tiny_bert_dir, nli_items):
+    from finescope.extract import run_extract
+
+    settings = {"attention_items": 2, "dtype": "float32", "nli_view": "pair"}
+    run_extract("nli", tiny_bert_dir, nli_items, tmp_path / "pre", settings)
+    # A re-initialised model stands in for the fine-tuned one: its attention differs.
+    run_extract(
+        "nli",
+        tiny_bert_dir,
+        nli_items,
+        tmp_path / "ft",
+        settings | {"random_init": True, "seed": 7},
+    )
+    example = figures.attention_example(tmp_path / "pre", tmp_path / "ft")
+    t = len(example["tokens"])
+    assert example["pre"].shape == example["ft"].shape == (t, t)
+    assert np.allclose(example["pre"].sum(axis=1), 1.0, atol=1e-4)
+    assert example["tokens"][0] == "[CLS]" and example["layer"] == 2  # tiny BERT: 2 blocks
+    assert example["js"] > 0
+    out = figures.plot_attention_example({("nli", "bert", "100"): example}, tmp_path / "attention")
+    assert_valid(out)
+    assert "[CLS]" in out[1].read_text(encoding="utf-8")
+    none = figures.plot_attention_example({}, tmp_path / "none")
+    assert_valid(none)
+    assert "no attention maps stored" in none[1].read_text(encoding="utf-8")
