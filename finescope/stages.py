@@ -38,8 +38,9 @@ def logged(
     ``finescope: <message> (log: <path>)``, to the console's stderr, then exits with status 1.
     Any other exception is logged and raised with its traceback.
 
-    Compute jobs run offline (``HF_HUB_OFFLINE=1``): models reach them through the folders that
-    the local ``prepare_model`` job wrote, which is the only job that may use the network.
+    Compute jobs run offline (``HF_HUB_OFFLINE=1``): models and hub datasets reach them through
+    the folders that the local ``prepare_model`` and ``fetch_data`` jobs wrote, the only jobs
+    that may use the network (``offline=False``).
 
     ``gpus`` (``resources.gpus``) makes the job hold one GPU slot of that many for its life
     (:func:`finescope.gpu.gpu_slot`).

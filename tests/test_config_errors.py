@@ -81,8 +81,8 @@ BAD = {
         {"models": {"bert": {"extract": {"nli_view": "separate"}}}},
         "nli_view: separate",
         "models.bert.extract.nli_view",
-        "unknown key under models.bert.extract; allowed keys are batch_size, dtype, "
-        "max_length, ner_pooling",
+        "unknown key under models.bert.extract; allowed keys are batch_size, bf16_autocast, "
+        "device, dtype, max_length, ner_pooling, padding_side",
     ),
     "model extract max_length": (
         {"models": {"bert": {"extract": {"max_length": 4}}}},
