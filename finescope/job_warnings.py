@@ -150,6 +150,9 @@ def _in_grid(record: Mapping, grid: Mapping | None) -> bool:
         "fraction": [str(f) for f in grid.get("fractions", [])] + ["random"],
         "seed": [str(s) for s in grid.get("seeds", [])],
     }
+    if str(record.get("fraction")) in ("0", "random"):
+        # The pre-trained model and the random baseline run once, as seed 0.
+        checks["seed"].append("0")
     for key, allowed in checks.items():
         if key in record and grid.get(key + "s") is not None and str(record[key]) not in allowed:
             return False

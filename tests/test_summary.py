@@ -202,7 +202,7 @@ RUN_GRID = {
     "models": ["bert", "bio", "enc"],
     "fractions": [0, 10, 50, 100],
 }
-RUN_GRID["seeds"] = [0, 1, 2]
+RUN_GRID["seeds"] = [1, 2]  # the pre-trained model's jobs run as seed 0
 
 
 def _tsv(sentences) -> str:
@@ -241,7 +241,7 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
         "trust_remote_code": False,
         "ner_pooling": "first",
     }
-    with stages.logged(logs / "extract" / "ner" / "bert" / "f0" / "s1" / "test.log"):
+    with stages.logged(logs / "extract" / "ner" / "bert" / "f0" / "s0" / "test.log"):
         stages.extract("ner", str(tiny_bert_dir), str(data / "test.jsonl"), str(cache), settings)
     meta = json.loads((cache / "meta.json").read_text())
     lost, cut = meta["n_words_lost"], meta["n_truncated_sequences"]
@@ -250,16 +250,18 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
         "sequences_truncated": cut,
     }
     # A job of a model the grid no longer has: its record is stale and left out.
-    with stages.logged(logs / "extract" / "ner" / "old" / "f0" / "s1" / "test.log"):
+    with stages.logged(logs / "extract" / "ner" / "old" / "f0" / "s0" / "test.log"):
         stages.log.warning("from an earlier grid")
+    with stages.logged(logs / "finetune" / "ner" / "bert" / "f50" / "s7.log"):
+        stages.log.warning("from an earlier grid's seed")
     logging.captureWarnings(False)
 
     records = job_warnings.collect(logs, RUN_GRID)
     assert [(r["job"], r["kind"]) for r in records] == [
-        ("extract/ner/bert/f0/s1/test", "log"),
+        ("extract/ner/bert/f0/s0/test", "log"),
         ("prepare_data/ner", "warning"),
     ]
-    assert records[0] | {"model": "bert", "fraction": "0", "seed": 1, "split": "test"} == records[0]
+    assert records[0] | {"model": "bert", "fraction": "0", "seed": 0, "split": "test"} == records[0]
 
     tidy, corr = tables()
     tidy.to_parquet(tmp_path / "measures.parquet")
@@ -282,7 +284,7 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
     assert (
         f"### extract\n\n- 1× extract.max_length=8 cut {cut} of 3 sentences: {lost} words lost, "
         "left out of the probes; raise extract.max_length to keep them (WARNING; from "
-        "extract/ner/bert/f0/s1/test)" in section
+        "extract/ner/bert/f0/s0/test)" in section
     )
     assert "earlier grid" not in text
 
@@ -292,7 +294,7 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
     _prepare(tmp_path, dev=TRAIN)
     logging.captureWarnings(False)
     assert [r["job"] for r in job_warnings.collect(logs, RUN_GRID)] == [
-        "extract/ner/bert/f0/s1/test"
+        "extract/ner/bert/f0/s0/test"
     ]
     assert job_warnings.print_count(RUN_GRID, logs, summary=None) == 1
     assert f"finescope: 1 warning (see {logs}/**/*.warnings.jsonl)" in capsys.readouterr().err
