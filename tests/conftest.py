@@ -183,14 +183,14 @@ def shared_data() -> Path:
 def hub_cache(tmp_path_factory):
     """The study's model kinds (cased BERT, BioBERT, GPT-2 with its real vocabulary, BioGPT,
     Llama, Qwen2), tiny, in an offline Hugging Face cache (``HF_HOME`` layout)."""
-    from tests.hub_fixtures import build_hub_cache, gpt2_vocab_files
+    from tests.hub_fixtures import build_hub_cache, corpus_texts, gpt2_vocab_files
 
     try:
         gpt2_vocab_files()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     pytest.importorskip("sacremoses", reason="BioGPT's tokenizer needs sacremoses")
-    return build_hub_cache(tmp_path_factory.mktemp("hf_home"), WORDS)
+    return build_hub_cache(tmp_path_factory.mktemp("hf_home"), [*CORPUS, *corpus_texts()])
 
 
 @pytest.fixture

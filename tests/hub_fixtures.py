@@ -87,17 +87,32 @@ def gpt2_tokenizer():
     return transformers.GPT2TokenizerFast(vocab=str(vocab), merges=str(merges))
 
 
-def bert_cased_tokenizer(words: list[str]):
-    """A cased WordPiece tokenizer: characters, ``##`` characters and whole words."""
+def corpus_texts(n: int = 200, seed: int = 99) -> list[str]:
+    """Sentences like the ones the tests run on: finescope's synthetic NER and NLI items."""
+    from finescope import synthetic
+
+    texts = [" ".join(i["tokens"]) for i in synthetic.generate("ner", n, seed, "v")]
+    for item in synthetic.generate("nli", n, seed, "v"):
+        texts += [item["premise"], item["hypothesis"]]
+    return texts
+
+
+def bert_cased_tokenizer(texts: list[str]):
+    """A cased WordPiece tokenizer: characters, ``##`` characters and the whole words of
+    ``texts`` as BERT's pre-tokenizer splits them."""
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    split = BertPreTokenizer()
+    words = {piece for text in texts for piece, _ in split.pre_tokenize_str(text)}
     chars = list(string.ascii_letters + string.digits + string.punctuation)
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
-    tokens += sorted(set(words) - set(tokens))
+    tokens += sorted(words - set(tokens))
     return transformers.BertTokenizerFast(
         vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=False
     )
 
 
-def biogpt_tokenizer(folder: Path, sentences: list[str], n_merges: int = 300):
+def biogpt_tokenizer(folder: Path, sentences: list[str], n_merges: int = 600):
     """A BioGptTokenizer (Moses + BPE with ``</w>``) over a vocabulary learnt from
     ``sentences``: every printable character, alone and word-final, plus ``n_merges`` merges."""
     import sacremoses
@@ -143,17 +158,17 @@ def biogpt_tokenizer(folder: Path, sentences: list[str], n_merges: int = 300):
 
 def _tiny(seed: int):
     torch.manual_seed(seed)
-    return {"num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 128}
+    return {"num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 256}
 
 
-def build_hub_cache(home: Path, words: list[str]) -> HubCache:
+def build_hub_cache(home: Path, texts: list[str]) -> HubCache:
     """The study's model kinds, tiny, in one offline cache.
 
     ``bert-base-cased`` has two snapshots (seeds 0 and 1, ``main`` at the second) so that a
     pinned revision can be told from ``main``.
     """
     cache = HubCache(home)
-    bert_tok = bert_cased_tokenizer(words)
+    bert_tok = bert_cased_tokenizer(texts)
     for version in (0, 1):
         config = transformers.BertConfig(
             vocab_size=len(bert_tok), hidden_size=32, intermediate_size=64, **_tiny(version)
@@ -173,14 +188,14 @@ def build_hub_cache(home: Path, words: list[str]) -> HubCache:
         n_embd=8,
         n_layer=2,
         n_head=2,
-        n_positions=128,
+        n_positions=256,
         bos_token_id=eos,
         eos_token_id=eos,
     )
     torch.manual_seed(3)
     cache.add("openai-community/gpt2-medium", transformers.GPT2LMHeadModel(config), gpt2_tok)
 
-    bio_tok = biogpt_tokenizer(home / "biogpt-vocab", BIO_SENTENCES + [" ".join(words)])
+    bio_tok = biogpt_tokenizer(home / "biogpt-vocab", BIO_SENTENCES + texts)
     config = transformers.BioGptConfig(
         vocab_size=len(bio_tok),
         hidden_size=16,

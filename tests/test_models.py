@@ -182,7 +182,18 @@ def test_python_tokenizers_pair_template():
     assert bare.middle == (2,) and bare.separator == "</s>"
 
 
-def test_decoders_are_recognised_from_the_bare_model_config():
-    assert is_decoder(transformers.Qwen3Config())  # not in the built-in list
+def test_decoders_are_recognised_from_the_config_and_auto_mappings():
+    # Bare-model folders name no head: the model type's auto classes decide.
+    for config in (
+        transformers.Qwen2Config(),
+        transformers.MistralConfig(),
+        transformers.Qwen3Config(),
+    ):
+        assert is_decoder(config), config.model_type
     assert not is_decoder(transformers.BertConfig())
     assert not is_decoder(transformers.RobertaConfig())
+    # A named head decides when it is only a causal or only a masked LM class.
+    assert is_decoder(transformers.GPT2Config(architectures=["GPT2LMHeadModel"]))
+    assert not is_decoder(transformers.BertConfig(architectures=["BertForMaskedLM"]))
+    assert not is_decoder(transformers.XLMConfig(architectures=["XLMWithLMHeadModel"]))
+    assert is_decoder(transformers.BertConfig(is_decoder=True))

@@ -449,7 +449,7 @@ def test_a_hub_id_offline_fails_in_prepare_model_saying_how_to_fill_the_cache(tm
     log = (tmp_path / "logs/prepare_model/hub.log").read_text()
     assert f"model {ref!r} could not be loaded" in log
     assert "HF_HUB_OFFLINE=1 is set" in log
-    assert f"huggingface-cli download {ref}" in log
+    assert f"hf download {ref}" in log
     assert not (tmp_path / "resources/models/hub").exists()
     # Jobs that do not need the model may have run (the data table); nothing after it did.
     assert not (tmp_path / "results/finetune").exists()
