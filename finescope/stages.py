@@ -400,7 +400,7 @@ def figures(
 
     examples = {}
     for pre, ft in attention_pairs:
-        point = fg._job_point(Path(ft) / "x")
+        point = fg._job_point(ft)  # .../<task>/<model>/f<fraction>/s<seed>/test
         key = (point["task"], point["model"], point["fraction"])
         examples[key] = fg.attention_example(pre, ft)
     tidy = pd.read_parquet(measures_path)
