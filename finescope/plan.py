@@ -95,7 +95,10 @@ def load_config(path: Path | None) -> dict:
 
 def model_facts(name: str, entry: dict, root: Path) -> ModelFacts:
     folder = root / "resources" / "models" / name
-    if (folder / "config.json").is_file():
+    local = Path(str(entry["ref"])).expanduser()
+    found = [f for f in (folder, local) if (f / "config.json").is_file()]
+    if found:
+        folder = found[0]
         cfg = json.loads((folder / "config.json").read_text())
         cfg = cfg.get("text_config", cfg)
         blocks = cfg.get("num_hidden_layers", cfg.get("n_layer"))
