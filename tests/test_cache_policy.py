@@ -36,7 +36,8 @@ def test_temporary_caches_are_removed_after_their_consumers(tmp_path, tiny_bert_
     planned = planned_jobs(tmp_path, *args)
     assert planned["extract"] == 6 and planned["probe"] == 3 and planned["compare"] == 1
 
-    run = snakemake(tmp_path, *RUN, *args)
+    # Targets first: --set-threads takes every value after it.
+    run = snakemake(tmp_path, *targets, *RUN, "--configfile", str(config))
     log = run.stdout + run.stderr
     assert log.count("Removing temporary output") == 6
     # Every cache was made, read and then removed; what they fed is all there.
