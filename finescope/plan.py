@@ -165,6 +165,24 @@ def _tokenizer(name: str, root: Path):
         return None
 
 
+def _kept_words(items: list[dict], tokenizer, max_length: int) -> int:
+    """NER rows of a cache: words whose sub-words all fit in ``max_length`` (extraction drops a
+    word cut by truncation, fully or partly)."""
+    if tokenizer is None:
+        return sum(len(item["tokens"]) for item in items)
+    kept = 0
+    for item in items:
+        ids = tokenizer(item["tokens"], is_split_into_words=True).word_ids()
+        inside = {w for w in ids[:max_length] if w is not None}
+        if len(ids) > max_length:
+            # The word at the cut may go on past it; special tokens at the end are dropped too.
+            last = ids[max_length - 1] if max_length - 1 < len(ids) else None
+            cut = {w for w in ids[max_length - 1 :] if w is not None}
+            inside -= cut if last is None else cut | {last}
+        kept += len(inside)
+    return kept
+
+
 def _lengths(task, items, tokenizer, facts: ModelFacts, max_length: int) -> list[int]:
     """Token counts of each item's sequence (NER sentence, NLI pair)."""
     out = []
@@ -205,8 +223,9 @@ def cache_bytes(
         att_tokens_sq = n_att * tokens**2
         exact = False
     else:
-        words = sum(len(item["tokens"]) for item in items) if task == "ner" else 0
-        lengths = _lengths(task, items[:n_att], _tokenizer(model, root), facts, max_length)
+        tokenizer = _tokenizer(model, root)
+        words = _kept_words(items, tokenizer, max_length) if task == "ner" else 0
+        lengths = _lengths(task, items[:n_att], tokenizer, facts, max_length)
         att_tokens_sq = sum(t * t for t in lengths)
         exact = _tokenizer(model, root) is not None
     if task == "ner":
