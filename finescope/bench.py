@@ -1049,7 +1049,7 @@ def replace_section(text: str, section: str) -> str:
         while end > start and lines[end - 1].startswith("Benchmark wall time"):
             end -= 1
         tail = lines[end:]
-        if tail and tail[0].startswith("## "):
+        if tail and tail[0]:
             tail = ["", *tail]
         return "\n".join([*lines[:start], *section.splitlines(), *tail]) + "\n"
     cut = next(

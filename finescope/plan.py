@@ -44,7 +44,10 @@ KNOWN_DATA = {
 WORDS_PER_SENTENCE = 26.2  # JNLPBA test: 101,039 tokens in 3,856 sentences
 WORDS_PER_PAIR = 30.0  # MedNLI premise + hypothesis, whitespace words
 TOKENS_PER_WORD = {True: 1.45, False: 1.6}  # WordPiece (encoders) / byte-level BPE (decoders)
-META_BYTES = {"ner_word": 36, "nli_item": 120, "fixed": 3000}
+# meta.json: per word (NER: word, label, item, position), per item (NLI: id, label), fixed part;
+# measured on the default run's caches. Each .npy file has a 128-byte header.
+META_BYTES = {"ner_word": 40, "nli_item": 28, "fixed": 2000}
+NPY_HEADER = 128
 DTYPE_BYTES = {"float16": 2, "float32": 4}
 # Throughputs when there is no bench.json: this machine's figures in BENCHMARKS.md.
 DEFAULT_THROUGHPUT = {
@@ -95,7 +98,10 @@ def load_config(path: Path | None) -> dict:
 
 def model_facts(name: str, entry: dict, root: Path) -> ModelFacts:
     folder = root / "resources" / "models" / name
-    if (folder / "config.json").is_file():
+    local = Path(str(entry["ref"])).expanduser()
+    found = [f for f in (folder, local) if (f / "config.json").is_file()]
+    if found:
+        folder = found[0]
         cfg = json.loads((folder / "config.json").read_text())
         cfg = cfg.get("text_config", cfg)
         blocks = cfg.get("num_hidden_layers", cfg.get("n_layer"))
@@ -159,6 +165,24 @@ def _tokenizer(name: str, root: Path):
         return None
 
 
+def _kept_words(items: list[dict], tokenizer, max_length: int) -> int:
+    """NER rows of a cache: words whose sub-words all fit in ``max_length`` (extraction drops a
+    word cut by truncation, fully or partly)."""
+    if tokenizer is None:
+        return sum(len(item["tokens"]) for item in items)
+    kept = 0
+    for item in items:
+        ids = tokenizer(item["tokens"], is_split_into_words=True).word_ids()
+        inside = {w for w in ids[:max_length] if w is not None}
+        if len(ids) > max_length:
+            # The word at the cut may go on past it; special tokens at the end are dropped too.
+            last = ids[max_length - 1] if max_length - 1 < len(ids) else None
+            cut = {w for w in ids[max_length - 1 :] if w is not None}
+            inside -= cut if last is None else cut | {last}
+        kept += len(inside)
+    return kept
+
+
 def _lengths(task, items, tokenizer, facts: ModelFacts, max_length: int) -> list[int]:
     """Token counts of each item's sequence (NER sentence, NLI pair)."""
     out = []
@@ -199,8 +223,9 @@ def cache_bytes(
         att_tokens_sq = n_att * tokens**2
         exact = False
     else:
-        words = sum(len(item["tokens"]) for item in items) if task == "ner" else 0
-        lengths = _lengths(task, items[:n_att], _tokenizer(model, root), facts, max_length)
+        tokenizer = _tokenizer(model, root)
+        words = _kept_words(items, tokenizer, max_length) if task == "ner" else 0
+        lengths = _lengths(task, items[:n_att], tokenizer, facts, max_length)
         att_tokens_sq = sum(t * t for t in lengths)
         exact = _tokenizer(model, root) is not None
     if task == "ner":
@@ -221,7 +246,9 @@ def cache_bytes(
         "vectors": int(vectors),
         "attention": int(attention),
         "meta": int(meta + META_BYTES["fixed"]),
-        "total": int(vectors + attention + meta + META_BYTES["fixed"]),
+        "total": int(
+            vectors + attention + meta + META_BYTES["fixed"] + NPY_HEADER * (views + (n_att > 0))
+        ),
         "exact_counts": exact,
     }
 

@@ -1,18 +1,15 @@
-def cache_output(path):
-    """extract.keep: none makes caches temporary: Snakemake deletes each one as soon as its
-    last consumer (probe, compare) has finished, so hidden states never pile up on disk.
-    """
-    if config["extract"]["keep"] == "none":
-        return temp(directory(path))
-    return directory(path)
-
-
 rule extract:
     input:
         model=model_dir,
         data="results/data/{task}/{split}.jsonl",
+    # extract.keep: none makes caches temporary: Snakemake deletes each one once its last
+    # consumer (probe, compare) has finished, so hidden states do not pile up on disk.
     output:
-        cache_output("results/cache/{task}/{model}/f{fraction}/s{seed}/{split}"),
+        (
+            temp(directory("results/cache/{task}/{model}/f{fraction}/s{seed}/{split}"))
+            if config["extract"]["keep"] == "none"
+            else directory("results/cache/{task}/{model}/f{fraction}/s{seed}/{split}")
+        ),
     log:
         "logs/extract/{task}/{model}/f{fraction}/s{seed}/{split}.log",
     benchmark:

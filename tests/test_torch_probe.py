@@ -128,3 +128,27 @@ def test_same_accuracy_as_sklearn_on_real_word_vectors_for_every_layer(jnlpba_wo
         ours = LinearProbe(C, backend="torch").fit(X_tr, y_train)
         acc = float((ours.predict(X_te) == y_test).mean())
         assert abs(acc - ref_acc) <= 0.01, (layer, acc, ref_acc)
+
+
+def test_bench_section_compares_both_backends_and_replaces_itself_in_place():
+    from finescope import bench
+
+    X, y = _problem(400, 12, 3, seed=2)
+    Xt, yt = _problem(100, 12, 3, seed=2)
+    result = bench.bench_probe_backends(X, y, Xt, yt, widths=(12, 24), items=(100, 200, 400))
+    assert [(r["width"], r["items"]) for r in result["rows"]] == [
+        (w, n) for w in (12, 24) for n in (100, 200, 400)
+    ]
+    for row in result["rows"]:
+        assert row["torch_s"] > 0 and row["sklearn_s"] > 0
+        assert abs(row["torch_accuracy"] - row["sklearn_accuracy"]) <= 0.02
+    assert set(result["slopes"]) == {
+        f"{b}_{k}" for b in ("torch", "sklearn") for k in ("n_d12", "n_d24", "d")
+    }
+    section = "\n".join(bench.render_probe_backends(result, "synthetic"))
+    old = "# Benchmarks\n\n## A\n\ntext\n\n## B\n\nmore\n\nBenchmark wall time: 1 s.\n"
+    once = bench.replace_section(old, section)
+    assert once.index("## B") < once.index(section.splitlines()[0]) < once.index("wall time")
+    twice = bench.replace_section(once, section)
+    assert twice == once and twice.count(section.splitlines()[0]) == 1
+    assert bench.throughput({"probe_backends": result})["probe_s_per_row_dim"] > 0
