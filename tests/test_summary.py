@@ -288,6 +288,7 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
     )
     assert "earlier grid" not in text
 
+    capsys.readouterr()  # the jobs' own start and end lines
     assert job_warnings.print_count(RUN_GRID, logs, out) == 2
     assert capsys.readouterr().err.strip() == f"finescope: 2 warnings (see {out})"
     # The data job run again on a complete dev split: its old warning is gone.
