@@ -362,18 +362,11 @@ def _row_id(row: Mapping, columns: dict[str, str], explicit: set[str], where: st
     return str(value).strip()
 
 
-def _nli_record(
-    row: Mapping,
-    columns: dict[str, str],
-    explicit: set[str],
-    where: str,
-    cfg: _Cfg,
-    label_names: list[str] | None = None,
-    declared: list[str] | None = None,
-) -> _Record | None:
-    """The row as a record; None when it is bad and ``on_bad_rows`` is skip."""
+def _record_or_skip(build, row, columns, explicit, where, cfg: _Cfg, *names) -> _Record | None:
+    """The record ``build`` (``_nli_fields`` or ``_ner_fields``) makes of a row; None when the
+    row is bad and ``on_bad_rows`` is skip (the reject is counted)."""
     try:
-        return _nli_fields(row, columns, explicit, where, cfg, label_names, declared)
+        return build(row, columns, explicit, where, cfg, *names)
     except _BadRow as bad:
         cfg.bad_rows.reject(bad)
         return None
@@ -433,22 +426,6 @@ def _nli_fields(
             )
         fields[role] = value
     return _Record(fields, _row_id(row, columns, explicit, where), where)
-
-
-def _ner_record(
-    row: Mapping,
-    columns: dict[str, str],
-    explicit: set[str],
-    where: str,
-    cfg: _Cfg,
-    tag_names: list[str] | None,
-) -> _Record | None:
-    """The row as a record; None when it is bad and ``on_bad_rows`` is skip."""
-    try:
-        return _ner_fields(row, columns, explicit, where, cfg, tag_names)
-    except _BadRow as bad:
-        cfg.bad_rows.reject(bad)
-        return None
 
 
 def _ner_fields(
@@ -661,7 +638,9 @@ def _read_files(cfg: _Cfg) -> dict[str, _Split]:
         elif cfg.task == "ner":
             columns, explicit = cfg.columns(NER_COLUMNS)
             for where, row in _jsonl_rows(path, text, cfg.bad_rows):
-                records.append(_ner_record(row, columns, explicit, where, cfg, tag_names))
+                records.append(
+                    _record_or_skip(_ner_fields, row, columns, explicit, where, cfg, tag_names)
+                )
         else:
             columns, explicit = cfg.columns(
                 NLI_COLUMNS_JSONL if fmt == "jsonl" else NLI_COLUMNS_TABLE
@@ -676,7 +655,9 @@ def _read_files(cfg: _Cfg) -> dict[str, _Split]:
                     _check_header(path, row, columns, ("premise", "hypothesis", "label"), cfg)
                 first = False
                 records.append(
-                    _nli_record(row, columns, explicit, where, cfg, label_names, label_names)
+                    _record_or_skip(
+                        _nli_fields, row, columns, explicit, where, cfg, label_names, label_names
+                    )
                 )
         out[split] = _Split(records, {"source": str(path), "format": fmt}, str(path))
     return out
@@ -894,7 +875,16 @@ def _read_hf(cfg: _Cfg) -> dict[str, _Split]:
             names = _classlabel_names(table.features[columns["label"]]) or declared
             for i, row in enumerate(table):
                 records.append(
-                    _nli_record(row, columns, explicit, f"{origin} row {i}", cfg, names, declared)
+                    _record_or_skip(
+                        _nli_fields,
+                        row,
+                        columns,
+                        explicit,
+                        f"{origin} row {i}",
+                        cfg,
+                        names,
+                        declared,
+                    )
                 )
         else:
             columns, explicit = cfg.columns(NER_COLUMNS)
@@ -908,7 +898,11 @@ def _read_hf(cfg: _Cfg) -> dict[str, _Split]:
                     )
             names = tag_names or _classlabel_names(table.features[columns["tags"]])
             for i, row in enumerate(table):
-                records.append(_ner_record(row, columns, explicit, f"{origin} row {i}", cfg, names))
+                records.append(
+                    _record_or_skip(
+                        _ner_fields, row, columns, explicit, f"{origin} row {i}", cfg, names
+                    )
+                )
         provenance = {"source": f"hf:{name}", "split": hf_split}
         if cfg.raw.get("config") is not None:
             provenance["config"] = cfg.raw["config"]

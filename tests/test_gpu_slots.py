@@ -155,33 +155,20 @@ def test_the_job_log_names_the_gpu(tmp_path, monkeypatch):
 def test_workflow_jobs_take_a_gpu_slot_and_log_it(tmp_path, tiny_bert_dir):
     """resources.gpus reaches the fine-tuning and extraction jobs through their scripts; each
     job's log names its GPU (the slot is taken even without a GPU: torch then uses the CPU)."""
-    from tests.workflow_utils import tiny_config
+    from tests.workflow_utils import snakemake, tiny_config
 
     config = tiny_config(tmp_path, {"bert": (tiny_bert_dir, "encoder")}, resources={"gpus": [3]})
     target = "results/cache/ner/bert/f100/s1/probe"
     # Run as on a workstation: no scheduler's GPU assignment inherited from this shell.
-    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(config),
-            "--cores",
-            "1",
-            target,
-        ],
-        capture_output=True,
-        text=True,
-        env={**env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
-        timeout=1800,
+    snakemake(
+        tmp_path,
+        "--configfile",
+        str(config),
+        "--cores",
+        "1",
+        target,
+        unset=("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID"),
     )
-    assert result.returncode == 0, result.stderr[-4000:]
     for log in ("logs/finetune/ner/bert/f100/s1.log", "logs/extract/ner/bert/f100/s1/probe.log"):
         text = (tmp_path / log).read_text()
         assert "GPU: slot 3 of 3 (CUDA_VISIBLE_DEVICES=3)" in text, log

@@ -20,11 +20,13 @@ def snakemake(
     check: bool = True,
     timeout: int = 3600,
     env: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
 ):
     """Run the project's Snakefile with ``workdir`` as working directory; ``env`` adds to the
-    environment that Snakemake and its jobs see. The timeout catches a hang, not a slow run on
-    a loaded machine."""
+    environment that Snakemake and its jobs see, ``unset`` names variables removed from it.
+    The timeout catches a hang, not a slow run on a loaded machine."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    env = {k: v for k, v in env.items() if k not in unset}
     cmd = [
         sys.executable,
         "-m",
