@@ -117,3 +117,29 @@ def test_backend_none_logs_nothing_and_mlflow_missing_is_a_clear_error(tmp_path,
         tracking.log_analysis_run({"backend": "mlflow"}, None, None)
     with pytest.raises(FinescopeError, match="tracking.backend"):
         tracking.resolve({"backend": "wandb"})
+
+
+@pytest.mark.workflow
+def test_a_workflow_run_logs_one_mlflow_run_per_finetuning_job(tmp_path, tiny_bert_dir):
+    """Through Snakemake, two fine-tuning jobs at once: one run each in the store, with tags
+    and test metrics equal to the jobs' metrics.json."""
+    from tests.workflow_utils import snakemake, tiny_config
+
+    uri = (tmp_path / "mlruns").as_uri()
+    config = tiny_config(
+        tmp_path,
+        {"bert": (tiny_bert_dir, "encoder")},
+        tracking={"backend": "mlflow", "uri": uri, "experiment": "wf"},
+    )
+    jobs = [f"results/finetune/ner/bert/f{f}/s1/metrics.json" for f in (50, 100)]
+    snakemake(tmp_path, *jobs, "--cores", "2", "--configfile", str(config))
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("wf").experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    assert sorted(by_name) == ["ner/bert/f100/s1", "ner/bert/f50/s1"]
+    for fraction in (50, 100):
+        run = by_name[f"ner/bert/f{fraction}/s1"]
+        metrics = read_json(tmp_path / f"results/finetune/ner/bert/f{fraction}/s1/metrics.json")
+        assert run.info.status == "FINISHED" and run.data.tags["fraction"] == str(fraction)
+        assert run.data.metrics["test_score"] == pytest.approx(metrics["score"])
