@@ -48,7 +48,13 @@ def hub_run(tmp_path_factory, hub_cache):
             tasks={task: {"data": dict(data)}},
             fractions=[0, 100],
             probe_pool={"size": 12},
-            extract={"batch_size": 8, "max_length": 128, "attention_items": 2, "dtype": "float32"},
+            extract={
+                "batch_size": 8,
+                "max_length": 128,
+                "attention_items": 2,
+                "dtype": "float32",
+                "keep": "all",  # the tests read the caches after the run
+            },
             probe={"probes": ["linear"], "mdl": False, "random_baseline": False},
             analysis={"n_boot": 20},
         )
