@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
+CONFIG ?= config.yaml
 # Which build of torch 2.13.0 `make install` puts in .venv (sizes are approximate downloads):
 #   TORCH=pypi (default)  `pip install torch==2.13.0` as pip is configured: from pypi.org on
 #                         Linux x86_64 that is the CUDA build with its nvidia-* wheels
@@ -48,9 +49,12 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-torch-*
 	touch $(STAMP)
 
+# `make run CONFIG=config/other.yaml` runs another config; its file is checked first (YAML
+# errors with file and line: Snakemake reads a --configfile before the workflow can).
 run: install
-	$(BIN)/snakemake --cores $(CORES)
-	$(BIN)/snakemake --report results/report.html
+	$(BIN)/python -m finescope.workflow $(CONFIG)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+	$(BIN)/snakemake --report results/report.html --configfile $(CONFIG)
 
 # Both tiers: the unit tests and the end-to-end workflow runs on tiny models.
 test: install
@@ -65,7 +69,6 @@ bench: install
 	$(BIN)/python -m finescope.bench --out BENCHMARKS.md
 
 # Jobs, cache sizes, peak disk and estimated hours of a config: `make plan CONFIG=config/paper.yaml`.
-CONFIG ?= config.yaml
 plan: install
 	$(BIN)/python -m finescope.plan --configfile $(CONFIG) --out results/plan.md
 

@@ -523,7 +523,8 @@ def render_probe_backends(b: dict, source: str) -> list[str]:
     lines = [
         "## Linear probe backends (torch L-BFGS vs scikit-learn, one layer)",
         "",
-        f"{source}; {b['classes']} classes (entity type per word), C = {b['C']}, accuracy on "
+        (f"Measured on {b['date']} ({_f(b['seconds'])} s in all). " if "date" in b else "")
+        + f"{source}; {b['classes']} classes (entity type per word), C = {b['C']}, accuracy on "
         f"{b['test_items']:,} test words; {b['threads']} threads each, torch on {b['device']}. "
         "Width 1,024 is a seeded random projection (+ tanh) of the 384 real features.",
         "",
@@ -576,6 +577,7 @@ def run_probe_backends(
     )
     result["source"] = f"minilm layer 3 word vectors, {source}"
     result["seconds"] = time.perf_counter() - started
+    result["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return result
 
 
@@ -1061,8 +1063,9 @@ def replace_section(text: str, section: str) -> str:
 def throughput(results: dict) -> dict:
     """Throughputs `make plan` scales from (see finescope.plan): forward FLOP/s of extraction
     (2 x 12 x blocks x width^2 per token, MiniLM), training FLOP/s (6 x that, fine-tuning) and
-    the torch linear probe's fit seconds per row x feature (its largest measured fit)."""
-    out: dict = {"source": f"make bench, {results.get('machine', {}).get('date', '')}"}
+    each linear probe backend's fit seconds per row x feature (its largest measured fit)."""
+    date = results.get("machine", {}).get("date")
+    out: dict = {"source": f"make bench{f', {date}' if date else ''}"}
     flop_params = 12.0 * 6 * 384**2  # MiniLM-L6 blocks: the model every section measures
     for e in results.get("extraction", []):
         if e["model"] == "minilm":
@@ -1075,7 +1078,10 @@ def throughput(results: dict) -> dict:
     b = results.get("probe_backends")
     if b:
         big = max(b["rows"], key=lambda r: r["items"] * r["width"])
-        out["probe_s_per_row_dim"] = big["torch_s"] / (big["items"] * big["width"])
+        for backend in ("torch", "sklearn"):
+            out[f"probe_{backend}_s_per_row_dim"] = big[f"{backend}_s"] / (
+                big["items"] * big["width"]
+            )
     return out
 
 

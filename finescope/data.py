@@ -1191,6 +1191,8 @@ def prepare_task(
             )
         _derive(items, provenance, cfg, seed)
 
+    # What produced this folder, so that a reader (the plan) can tell it belongs to a config.
+    provenance["settings"] = {"data": data_cfg, "seed": seed, "probe_pool": probe_pool}
     pool = None
     if probe_pool is not None:
         pool, items["train"], provenance["probe_pool"] = reserve_probe_pool(

@@ -59,8 +59,11 @@ DEFAULT_THROUGHPUT = {
     # Assumed, not measured: one data-centre GPU at a modest share of its peak.
     "gpu_forward_flops": 3.0e13,
     "gpu_train_flops": 1.5e13,
-    # Linear probe fit seconds per (row x feature) on CPU, from the bench's torch backend.
-    "probe_s_per_row_dim": 2.0e-8,
+    # Linear probe fit seconds per (row x feature) on 2 CPU threads, each backend at its
+    # largest measured fit (BENCHMARKS.md, width 1,024 x 50,000 words: torch 52.3 s,
+    # scikit-learn 85.7 s). Fit time grows faster than n x d, so smaller fits cost less.
+    "probe_torch_s_per_row_dim": 1.02e-6,
+    "probe_sklearn_s_per_row_dim": 1.67e-6,
 }
 
 
@@ -91,15 +94,29 @@ def load_config(path: Path | None) -> dict:
     path = path or ROOT / "config.yaml"
     if not path.is_file():
         raise FinescopeError(f"--configfile {path}: no such file")
-    config = yaml.safe_load(path.read_text()) or {}
+    from finescope.workflow import check_config_files
+
+    check_config_files([path])  # YAML errors and empty files, with file and line
+    config = yaml.safe_load(path.read_text())
     validate(config, str(SCHEMA), set_default=True)
     return config
+
+
+def prepared_model(name: str, entry: dict, root: Path) -> Path | None:
+    """``resources/models/<name>`` when it was prepared from this entry's ``ref``, else None:
+    a folder of another config's model must not size this one."""
+    folder = root / "resources" / "models" / name
+    record = folder.with_suffix(".json")
+    if not (folder / "config.json").is_file() or not record.is_file():
+        return None
+    return folder if json.loads(record.read_text()).get("ref") == entry["ref"] else None
 
 
 def model_facts(name: str, entry: dict, root: Path) -> ModelFacts:
     folder = root / "resources" / "models" / name
     local = Path(str(entry["ref"])).expanduser()
-    found = [f for f in (folder, local) if (f / "config.json").is_file()]
+    prepared = prepared_model(name, entry, root)
+    found = [f for f in (prepared, local) if f is not None and (f / "config.json").is_file()]
     if found:
         folder = found[0]
         cfg = json.loads((folder / "config.json").read_text())
@@ -131,14 +148,32 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def prepared_data(config: dict, task: str, root: Path) -> Path | None:
+    """``results/data/<task>`` when it was prepared from this config's settings, else None:
+    a folder left by another config (the embedded default, say) must not size this one."""
+    folder = root / "results" / "data" / task
+    labels = folder / "labels.json"
+    if not labels.is_file():
+        return None
+    made_by = json.loads(labels.read_text()).get("provenance", {}).get("settings")
+    wanted = {
+        "data": config["tasks"][task]["data"],
+        "seed": config["data_seed"],
+        "probe_pool": config["probe_pool"],
+    }
+    # Through JSON, as labels.json holds it (tuples become lists, keys strings).
+    return folder if made_by == json.loads(json.dumps(wanted)) else None
+
+
 def split_items(config: dict, task: str, split: str, root: Path) -> list[dict] | int:
     """The items a cache of ``split`` holds: the prepared list when it exists, else a count."""
     from finescope.stages import probe_items
 
     extract = config["extract"]
     cap = extract["max_test_items"] if split == "test" else None
-    path = root / "results" / "data" / task / f"{split}.jsonl"
-    if path.is_file():
+    folder = prepared_data(config, task, root)
+    path = folder / f"{split}.jsonl" if folder else None
+    if path is not None and path.is_file():
         return probe_items(_read_jsonl(path), cap, extract["seed"])
     if split == "probe":
         return int(config["probe_pool"]["size"])
@@ -153,9 +188,9 @@ def split_items(config: dict, task: str, split: str, root: Path) -> list[dict] |
     return min(n, cap) if cap else n
 
 
-def _tokenizer(name: str, root: Path):
-    folder = root / "resources" / "models" / name
-    if not (folder / "config.json").is_file():
+def _tokenizer(name: str, entry: dict, root: Path):
+    folder = prepared_model(name, entry, root)
+    if folder is None:
         return None
     from finescope.models import load_tokenizer
 
@@ -223,11 +258,11 @@ def cache_bytes(
         att_tokens_sq = n_att * tokens**2
         exact = False
     else:
-        tokenizer = _tokenizer(model, root)
+        tokenizer = _tokenizer(model, config["models"][model], root)
         words = _kept_words(items, tokenizer, max_length) if task == "ner" else 0
         lengths = _lengths(task, items[:n_att], tokenizer, facts, max_length)
         att_tokens_sq = sum(t * t for t in lengths)
-        exact = _tokenizer(model, root) is not None
+        exact = tokenizer is not None
     if task == "ner":
         rows, views = words, 1
         meta = META_BYTES["ner_word"] * words
@@ -329,8 +364,14 @@ def plan(config: dict, root: Path = ROOT, throughput: dict | None = None, jobs: 
         # each task x model until its last compare job, plus the points in flight.
         pretrained = sum(c["total"] for c in caches if c["split"] == "test")
         peak = pretrained + max(1, jobs) * max(per_point.values())
-    # Fine-tuned weights stay (float32 safetensors), one folder per training point.
+    # Fine-tuned weights (float32 safetensors), one folder per training point: all of them
+    # when kept; else each lives until its extraction jobs end, which run before the next
+    # fine-tuning job (their priority), so about one per job in flight.
     weights = sum(4 * facts[m].params for m in grid.models) * len(grid.tasks) * n_train
+    keep_model = config["finetune"]["keep_model"]
+    peak_weights = (
+        weights if keep_model else max(1, jobs) * max(4 * f.params for f in facts.values())
+    )
 
     # Compute estimates.
     tokens = {}
@@ -346,8 +387,9 @@ def plan(config: dict, root: Path = ROOT, throughput: dict | None = None, jobs: 
     ft_items = {}
     for task in grid.tasks:
         data = config["tasks"][task]["data"]
-        path = root / "results" / "data" / task / "train.jsonl"
-        if path.is_file():
+        folder = prepared_data(config, task, root)
+        path = folder / "train.jsonl" if folder else None
+        if path is not None and path.is_file():
             n = len(_read_jsonl(path))
         elif data["source"] == "synthetic":
             n = int(data["train"]) - int(config["probe_pool"]["size"])
@@ -374,7 +416,8 @@ def plan(config: dict, root: Path = ROOT, throughput: dict | None = None, jobs: 
     n_probes = len(config["probe"]["probes"])
     C = config["probe"]["linear"]["C"]
     fits = (len(C) if isinstance(C, list) else 1) + 1 + 2  # C search, control, MDL blocks
-    probe_cpu_s = probe_row_dims * throughput["probe_s_per_row_dim"] * fits * n_probes
+    backend = config["probe"]["linear"]["backend"]
+    probe_cpu_s = probe_row_dims * throughput[f"probe_{backend}_s_per_row_dim"] * fits * n_probes
     hours = {
         "extract": {
             "cpu": extract_flops / throughput["cpu_forward_flops"] / 3600,
@@ -397,8 +440,15 @@ def plan(config: dict, root: Path = ROOT, throughput: dict | None = None, jobs: 
         "peak_cache": peak,
         "parallel_jobs": jobs,
         "finetuned_weights": weights,
+        "keep_model": keep_model,
+        "peak_weights": peak_weights,
+        # The prepared pre-trained folders (resources/models) stay too.
+        "pretrained_weights": sum(4 * facts[m].params for m in grid.models),
+        "peak_disk": peak + peak_weights + sum(4 * facts[m].params for m in grid.models),
         "hours": hours,
         "throughput": throughput,
+        "probe_backend": backend,
+        "probe_s_per_row_dim": throughput[f"probe_{backend}_s_per_row_dim"],
     }
 
 
@@ -455,8 +505,18 @@ def render(p: dict, config_name: str) -> str:
         "",
         f"**Peak cache disk (estimate), extract.keep: {p['keep']}**: "
         f"{_fmt_bytes(p['peak_cache'])} ({policy}).",
-        f"Fine-tuned model folders, kept (float32 weights, estimate): "
-        f"{_fmt_bytes(p['finetuned_weights'])}.",
+        f"Fine-tuned model folders (float32 weights, estimate): "
+        f"{_fmt_bytes(p['finetuned_weights'])} in all; "
+        + (
+            "all kept (finetune.keep_model: true)."
+            if p["keep_model"]
+            else f"temporary (finetune.keep_model: false), at most about "
+            f"{_fmt_bytes(p['peak_weights'])} at once."
+        ),
+        "",
+        f"**Peak disk (estimate)**: {_fmt_bytes(p['peak_disk'])}: caches, fine-tuned weights "
+        f"and the pre-trained folders in resources/models ({_fmt_bytes(p['pretrained_weights'])})"
+        " together; the data and the logs are not counted.",
         "",
         "## Compute (estimates)",
         "",
@@ -470,8 +530,10 @@ def render(p: dict, config_name: str) -> str:
         f"{p['throughput']['gpu_forward_flops']:.2g} / {p['throughput']['gpu_train_flops']:.2g} "
         "FLOP/s (forward / training). Extraction counts 2 x parameters FLOPs per token, "
         "fine-tuning 6 x. The probe figure scales the linear probe's measured cost per "
-        "row x feature by the fits each layer needs (C values, control, online code) and the "
-        "number of probes; the SVM's cost grows faster than linearly in rows, so it is a floor.",
+        f"row x feature on CPU (backend {p['probe_backend']}: "
+        f"{p['probe_s_per_row_dim']:.2g} s) by the fits "
+        "each layer needs (C values, control, online code) and the number of probes; the "
+        "SVM's cost grows faster than linearly in rows, so it is a floor.",
         "",
     ]
     return "\n".join(lines)

@@ -106,7 +106,7 @@ def fit_logistic(
 
     def closure():
         opt.zero_grad()
-        logits = torch.baddbmm(bias[:, None, :], X, W)
+        logits = _project(X, W) + bias[:, None, :]
         if k == 1:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
                 logits[..., 0], target, reduction="none"
@@ -139,6 +139,29 @@ def fit_logistic(
     if not batched:
         W, bias = W[0], bias[0]
     return W, bias, n_iter
+
+
+def _project(X: Any, W: Any) -> Any:
+    """``X @ W`` (batched) whose gradient in ``W`` is computed as ``(G^T X)^T``.
+
+    Autograd's own ``X^T G`` hands the large operand to the GEMM transposed, which torch's CPU
+    BLAS runs about 5x slower for a few output columns (189 against 38 ms at 20,000 x 1,024 x 6
+    on 2 threads); the fit spends most of its time there.
+    """
+    import torch
+
+    class Project(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, X, W):
+            ctx.save_for_backward(X)
+            return torch.bmm(X, W)
+
+        @staticmethod
+        def backward(ctx, G):
+            (X,) = ctx.saved_tensors
+            return None, torch.bmm(G.transpose(1, 2), X).transpose(1, 2)
+
+    return Project.apply(X, W)
 
 
 class TorchLogisticRegression(BaseEstimator, ClassifierMixin):

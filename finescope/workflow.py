@@ -290,6 +290,13 @@ def check_config(config: dict, files: Sequence[str | Path] = ()) -> None:
             raise config_key_error(
                 ["models", name], "model names may hold letters, digits, '-' and '_' only", files
             )
+        if "keep_model" in model.get("finetune", {}):
+            raise config_key_error(
+                ["models", name, "finetune", "keep_model"],
+                "what the workflow keeps on disk is one setting for every model; set it in the "
+                "top-level finetune block.",
+                files,
+            )
     _check_probes(config, files)
     # Missing data files are reported by the data job, not here, so that a grid whose data sits
     # on another machine (MedNLI on a cluster) can still be planned with `snakemake -n`.
@@ -376,6 +383,7 @@ class Grid:
 
     def finetune_settings(self, model: str, seed: int) -> dict:
         settings = copy.deepcopy(self.config["finetune"])
+        settings.pop("keep_model")  # what the workflow keeps on disk, not how to train
         override = copy.deepcopy(self.config["models"][model].get("finetune", {}))
         if "lora" in override:
             settings["lora"] = {**settings["lora"], **override.pop("lora")}
@@ -456,3 +464,23 @@ class Grid:
             "fractions": sorted(self.config["fractions"]),
             "seeds": self.seeds,
         }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m finescope.workflow FILE...``: the file checks, before ``--configfile``.
+
+    Snakemake reads a ``--configfile`` before the Snakefile runs, so a YAML error or an empty
+    file there gets its message without file or line; ``make run CONFIG=F`` runs this first.
+    """
+    import sys
+
+    try:
+        check_config_files(sys.argv[1:] if argv is None else argv)
+    except FinescopeError as exc:
+        print(f"finescope: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

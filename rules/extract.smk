@@ -14,6 +14,9 @@ rule extract:
         "logs/extract/{task}/{model}/f{fraction}/s{seed}/{split}.log",
     benchmark:
         "benchmarks/extract/{task}/{model}/f{fraction}/s{seed}/{split}.tsv"
+    # Before another fine-tuning job starts, so that temporary weights (finetune.keep_model:
+    # false) and caches are used up in turn rather than piling up.
+    priority: 5
     conda:
         "../envs/torch.yaml"
     threads: 1

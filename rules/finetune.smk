@@ -5,7 +5,15 @@ rule finetune:
         labels="results/data/{task}/labels.json",
         subset="results/subsets/{task}/f{fraction}/s{seed}.json",
     output:
-        model=directory("results/finetune/{task}/{model}/f{fraction}/s{seed}/model"),
+        # finetune.keep_model: false makes the weights temporary: Snakemake deletes them once
+        # the model's extraction jobs are done (the study's grid: 88 GB of weights otherwise).
+        model=(
+            directory("results/finetune/{task}/{model}/f{fraction}/s{seed}/model")
+            if config["finetune"]["keep_model"]
+            else temp(
+                directory("results/finetune/{task}/{model}/f{fraction}/s{seed}/model")
+            )
+        ),
         metrics="results/finetune/{task}/{model}/f{fraction}/s{seed}/metrics.json",
         curve="results/finetune/{task}/{model}/f{fraction}/s{seed}/curve.csv",
     log:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from finescope import job_warnings
+from finescope import plan as plan_module
 from finescope.errors import FinescopeError
 from finescope.workflow import check_config_files
 from tests.workflow_utils import ROOT, merge_config, snakemake, tiny_config
@@ -147,6 +148,13 @@ BAD = {
         "local path {workdir}/weights.bin is a file; give the model folder (the one with "
         "config.json)",
     ),
+    "keep_model per model": (
+        {"models": {"bert": {"finetune": {"keep_model": False}}}},
+        "keep_model: false",
+        "models.bert.finetune.keep_model",
+        "what the workflow keeps on disk is one setting for every model; set it in the "
+        "top-level finetune block.",
+    ),
     "model ref without config.json": (
         {"models": {"bert": {"ref": "{workdir}/empty"}}},
         "/empty",
@@ -237,6 +245,33 @@ def test_a_broken_default_config_yaml_is_reported_by_the_workflow_with_its_line(
     )
 
 
+def test_a_broken_configfile_is_reported_with_its_line_before_snakemake_reads_it(tmp_path):
+    """Snakemake reads ``--configfile`` before the workflow runs ("Config file is not valid
+    JSON or YAML", no file, no line): `make run CONFIG=F` and `make plan` check it first."""
+    path = tmp_path / "broken.yaml"
+    path.write_text("tasks: {nli: [\n  bad\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "finescope.workflow", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"finescope: config file {path} line 3, column 1: not valid YAML: expected ',' or ']', "
+        "but got '<stream end>' (while parsing a flow sequence started at line 1)."
+    ], result.stderr
+    with pytest.raises(FinescopeError, match=r"broken.yaml line 3, column 1: not valid YAML"):
+        plan_module.load_config(path)
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(FinescopeError, match="empty.yaml line 1: the file is empty"):
+        plan_module.load_config(tmp_path / "empty.yaml")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-m finescope.workflow $(CONFIG)\n\t$(BIN)/snakemake --cores $(CORES) --configfile" in (
+        makefile
+    )
+
+
 def test_a_json_config_file_is_left_to_snakemake(tmp_path):
     path = tmp_path / "config.json"
     path.write_text('{"tasks": {"ner": {"data": {"source": "synthetic"}}}}')
@@ -250,6 +285,7 @@ def test_a_json_config_file_is_left_to_snakemake(tmp_path):
 JOB = """
 from finescope import stages
 from finescope import job_warnings
+from finescope import plan as plan_module
 from finescope.errors import FinescopeError
 
 with stages.logged({log!r}):

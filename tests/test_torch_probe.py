@@ -151,4 +151,5 @@ def test_bench_section_compares_both_backends_and_replaces_itself_in_place():
     assert once.index("## B") < once.index(section.splitlines()[0]) < once.index("wall time")
     twice = bench.replace_section(once, section)
     assert twice == once and twice.count(section.splitlines()[0]) == 1
-    assert bench.throughput({"probe_backends": result})["probe_s_per_row_dim"] > 0
+    rates = bench.throughput({"probe_backends": result})
+    assert rates["probe_torch_s_per_row_dim"] > 0 and rates["probe_sklearn_s_per_row_dim"] > 0
