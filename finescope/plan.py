@@ -367,11 +367,10 @@ def plan(config: dict, root: Path = ROOT, throughput: dict | None = None, jobs: 
     # Fine-tuned weights (float32 safetensors), one folder per training point: all of them
     # when kept; else each lives until its extraction jobs end, which run before the next
     # fine-tuning job (their priority), so about one per job in flight.
-    weights = sum(4 * facts[m].params for m in grid.models) * len(grid.tasks) * n_train
+    model_bytes = [4 * facts[m].params for m in grid.models]
+    weights = sum(model_bytes) * len(grid.tasks) * n_train
     keep_model = config["finetune"]["keep_model"]
-    peak_weights = (
-        weights if keep_model else max(1, jobs) * max(4 * f.params for f in facts.values())
-    )
+    peak_weights = weights if keep_model else max(1, jobs) * max(model_bytes)
 
     # Compute estimates.
     tokens = {}
@@ -443,8 +442,8 @@ def plan(config: dict, root: Path = ROOT, throughput: dict | None = None, jobs: 
         "keep_model": keep_model,
         "peak_weights": peak_weights,
         # The prepared pre-trained folders (resources/models) stay too.
-        "pretrained_weights": sum(4 * facts[m].params for m in grid.models),
-        "peak_disk": peak + peak_weights + sum(4 * facts[m].params for m in grid.models),
+        "pretrained_weights": sum(model_bytes),
+        "peak_disk": peak + peak_weights + sum(model_bytes),
         "hours": hours,
         "throughput": throughput,
         "probe_backend": backend,

@@ -14,6 +14,7 @@ a grid point) in one batched solve.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -148,6 +149,12 @@ def _project(X: Any, W: Any) -> Any:
     BLAS runs about 5x slower for a few output columns (189 against 38 ms at 20,000 x 1,024 x 6
     on 2 threads); the fit spends most of its time there.
     """
+    return _project_function().apply(X, W)
+
+
+@functools.cache
+def _project_function():
+    """The autograd function of :func:`_project`, built once (torch is imported lazily)."""
     import torch
 
     class Project(torch.autograd.Function):
@@ -161,7 +168,7 @@ def _project(X: Any, W: Any) -> Any:
             (X,) = ctx.saved_tensors
             return None, torch.bmm(G.transpose(1, 2), X).transpose(1, 2)
 
-    return Project.apply(X, W)
+    return Project
 
 
 class TorchLogisticRegression(BaseEstimator, ClassifierMixin):
