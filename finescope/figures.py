@@ -1318,8 +1318,8 @@ def attention_example(pre_cache: str | Path, ft_cache: str | Path, sequence: int
         the cache stores none), ``layer`` (block number, 1 = first block), ``head``, ``js`` and
         ``cosine`` of that head; ``{}`` when the caches hold no attention maps.
     """
+    from finescope.cache import Cache
     from finescope.compare import attention_measures
-    from finescope.extract import Cache
 
     pre, ft = Cache(pre_cache), Cache(ft_cache)
     if not pre.n_attention or not ft.n_attention:

@@ -989,45 +989,6 @@ def online_codelength(
     return float(bits), float(len(y) * log2k)
 
 
-def layerwise_logreg_baseline(
-    X_train_layers: Sequence[np.ndarray] | np.ndarray,
-    y_train: Sequence,
-    X_test_layers: Sequence[np.ndarray] | np.ndarray,
-    y_test: Sequence,
-) -> pd.DataFrame:
-    """The plain way: ``sklearn.linear_model.LogisticRegression()`` (all defaults, unscaled
-    features) fitted on each layer in turn. A reference point for speed and accuracy.
-
-    Parameters
-    ----------
-    X_train_layers, X_test_layers
-        Per-layer features, shapes (n_layers, N_train, D) and (n_layers, N_test, D).
-    y_train, y_test
-        Labels, shapes (N_train,) and (N_test,).
-
-    Returns
-    -------
-    Long table with columns layer, measure (accuracy, macro_f1), value.
-    """
-    if len(X_train_layers) != len(X_test_layers):
-        raise FinescopeError("baseline: train and test have different numbers of layers")
-    rows = []
-    for layer in range(len(X_train_layers)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model = LogisticRegression().fit(np.asarray(X_train_layers[layer]), y_train)
-        pred = model.predict(np.asarray(X_test_layers[layer]))
-        rows.append({"layer": layer, "measure": "accuracy", "value": accuracy_score(y_test, pred)})
-        rows.append(
-            {
-                "layer": layer,
-                "measure": "macro_f1",
-                "value": f1_score(y_test, pred, average="macro", zero_division=0),
-            }
-        )
-    return pd.DataFrame(rows, columns=["layer", "measure", "value"])
-
-
 # --------------------------------------------------------------------------------------------
 # Caches
 # --------------------------------------------------------------------------------------------
@@ -1035,7 +996,7 @@ def layerwise_logreg_baseline(
 
 def open_cache(path: str | Path) -> Any:
     """Open a hidden-state cache (a folder written by :func:`finescope.extract.run_extract`)."""
-    from finescope.extract import Cache
+    from finescope.cache import Cache
 
     path = Path(path)
     if not (path / "meta.json").is_file():

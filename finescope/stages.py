@@ -7,6 +7,7 @@ just as well from a notebook.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import random
@@ -22,6 +23,14 @@ from finescope.errors import FinescopeError
 from finescope.progress import format_seconds
 
 log = logging.getLogger("finescope")
+
+
+def _optional(name: str):
+    """The module, or None where it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return None
 
 
 @contextlib.contextmanager
@@ -53,11 +62,13 @@ def logged(
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Jobs of envs/analysis.yaml have no torch or transformers (finescope without `models`).
+    torch = _optional("torch")
     if threads:
-        import torch
         from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(threads)
+        if torch is not None:
+            torch.set_num_threads(threads)
         # NumPy/SciPy BLAS and OpenMP pools (the probes' scikit-learn fits) keep to them too.
         threadpool_limits(threads)
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -69,9 +80,9 @@ def logged(
     logging.captureWarnings(True)
     # finescope's warnings also go to <log>.warnings.jsonl, for the summary and the console.
     recorder = job_warnings.Recorder(log_path).start()
-    import transformers
-
-    transformers.logging.set_verbosity_error()
+    transformers = _optional("transformers")
+    if transformers is not None:
+        transformers.logging.set_verbosity_error()
     # One GPU per job (resources.gpus), chosen before torch initialises CUDA, logged to the job.
     gpu = contextlib.ExitStack()
     if gpus:

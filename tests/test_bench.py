@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from finescope import bench
+from benchmarks.attention import bench_attention
+from benchmarks.common import QUICK
+from benchmarks.end_to_end import last_run_wall_seconds, stage_totals
+from benchmarks.extraction import bench_extraction
+from benchmarks.finetuning import bench_finetune
+from benchmarks.probing import bench_probing
 from finescope.synthetic import generate_splits
 
 pytestmark = pytest.mark.workflow
@@ -17,22 +22,20 @@ def corpus():
 
 
 def test_extraction_runs_each_item_through_the_model_once(tiny_bert_dir, corpus, tmp_path):
-    result = bench.bench_extraction("bert", tiny_bert_dir, corpus["test"], bench.QUICK, tmp_path)
+    result = bench_extraction("bert", tiny_bert_dir, corpus["test"], QUICK, tmp_path)
     assert result["forward_rows_per_item"] == 1.0
     assert result["layers"] == 3 and result["items"] == 12
     assert result["tokens"] > result["items"]
     for key in ("ours_tokens_per_s", "bare_tokens_per_s", "study_tokens_per_s"):
         assert result[key] > 0
-    assert result["probe_job_probes"] == bench.QUICK.probe_job_probes
+    assert result["probe_job_probes"] == QUICK.probe_job_probes
 
 
 @pytest.mark.parametrize("model", ["bert", "llama"])
 def test_attention_change_equals_the_studys_loop(model, request, corpus, tmp_path):
     model_dir = request.getfixturevalue(f"tiny_{model}_dir")
     # Tiny random models attend almost uniformly: only strong noise changes their maps.
-    result = bench.bench_attention(
-        model, model_dir, corpus["test"][:4], tmp_path, scales=(20.0, 50.0)
-    )
+    result = bench_attention(model, model_dir, corpus["test"][:4], tmp_path, scales=(20.0, 50.0))
     # Batched and padded (ours) against one sentence at a time (the study): same cosines.
     assert result["max_cosine_difference"] < 1e-5
     assert result["max_measure_difference"] < 1e-5
@@ -41,12 +44,12 @@ def test_attention_change_equals_the_studys_loop(model, request, corpus, tmp_pat
 
 
 def test_probing_and_finetune_report_scores_and_rates(tiny_bert_dir, corpus, tmp_path):
-    probing = bench.bench_probing("bert", tiny_bert_dir, corpus["train"], corpus["test"], tmp_path)
+    probing = bench_probing("bert", tiny_bert_dir, corpus["train"], corpus["test"], tmp_path)
     assert probing["layers"] == 3
     assert 0 <= probing["ours_best_macro_f1"] <= 1
     assert 0 <= probing["baseline_best_macro_f1"] <= 1
-    tuned = bench.bench_finetune("bert", tiny_bert_dir, corpus["train"], bench.QUICK)
-    assert tuned["items"] == 24 and tuned["study_items"] == bench.QUICK.study_finetune_items
+    tuned = bench_finetune("bert", tiny_bert_dir, corpus["train"], QUICK)
+    assert tuned["items"] == 24 and tuned["study_items"] == QUICK.study_finetune_items
     # Every study example is padded to the longest sentence of the subset.
     longest = max(len(item["tokens"]) for item in corpus["train"][: tuned["study_items"]])
     assert tuned["study_padded_length"] >= longest + 2
@@ -63,10 +66,10 @@ def test_stage_totals_sum_rule_benchmark_files(tmp_path):
         path = tmp_path / stage / "x" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + f"{seconds}\t0:00:10\t{rss}\t1\t1\t1\t1\t1\t1\t1\n")
-    totals = bench.stage_totals(tmp_path)
+    totals = stage_totals(tmp_path)
     assert totals.loc["finetune"].to_dict() == {"jobs": 2, "seconds": 15.0, "peak_rss_mb": 1200.0}
     assert totals.loc["probe", "seconds"] == 2.0
-    assert bench.stage_totals(tmp_path / "none") is None
+    assert stage_totals(tmp_path / "none") is None
 
 
 def test_last_run_wall_time_comes_from_the_newest_complete_log(tmp_path):
@@ -77,5 +80,5 @@ def test_last_run_wall_time_comes_from_the_newest_complete_log(tmp_path):
 
     log("2026-11-26T0300", "Thu Nov 26 03:00:00 2026", "Thu Nov 26 03:17:13 2026", True)
     log("2026-11-26T0400", "Thu Nov 26 04:00:00 2026", "Thu Nov 26 04:00:09 2026", False)
-    assert bench.last_run_wall_seconds(tmp_path) == 17 * 60 + 13
-    assert bench.last_run_wall_seconds(tmp_path / "none") is None
+    assert last_run_wall_seconds(tmp_path) == 17 * 60 + 13
+    assert last_run_wall_seconds(tmp_path / "none") is None

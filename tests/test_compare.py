@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers
 
+from benchmarks.references import reference_attention_measures
+from finescope.cache import Cache
 from finescope.compare import (
     ATTENTION_MEASURES,
     COLUMNS,
@@ -17,12 +23,12 @@ from finescope.compare import (
     cka_views,
     debiased_cka,
     linear_cka,
-    reference_attention_measures,
     run_compare,
 )
 from finescope.errors import FinescopeError
-from finescope.extract import Cache, run_extract
+from finescope.extract import run_extract
 from finescope.models import load_tokenizer
+from finescope.stages import write_csv
 
 POINT = {"task": "nli", "model": "tiny", "fraction": 50, "seed": 1}
 PAIRS = [
@@ -250,3 +256,47 @@ def test_caches_of_different_nli_views_are_refused(tiny_bert_dir, tmp_path):
     run_extract("nli", tiny_bert_dir, ITEMS, tmp_path / "sep", {"nli_view": "separate"})
     with pytest.raises(FinescopeError, match="differ in extract setting nli_view"):
         run_compare(tmp_path / "pair", tmp_path / "sep", POINT, {})
+
+
+# Modules of the `models` extra: a job of envs/analysis.yaml must run without them.
+BLOCK_MODELS_EXTRA = """
+import importlib.abc, sys
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'torch', 'transformers', 'peft', 'accelerate', 'torchcrf'}:
+            raise ModuleNotFoundError(f'No module named {name!r} (blocked)')
+sys.meta_path.insert(0, NotInstalled())
+"""
+
+
+def test_compare_job_runs_without_torch_or_transformers(cache_pair, tmp_path):
+    """The compare rule runs in envs/analysis.yaml (no torch): its job, log plumbing included,
+    gives the same table when torch and transformers cannot be imported."""
+    out = tmp_path / "compare.csv"
+    script = BLOCK_MODELS_EXTRA + (
+        "from finescope import stages\n"
+        f"with stages.logged({str(tmp_path / 'job.log')!r}, threads=1):\n"
+        f"    stages.compare({str(cache_pair[0])!r}, {str(cache_pair[1])!r}, {POINT!r}, "
+        f"{{'cka_max_items': 12}}, {str(out)!r})\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=600)
+    expected = tmp_path / "expected.csv"
+    write_csv(run_compare(*cache_pair, POINT, {"cka_max_items": 12}), expected)
+    assert out.read_text() == expected.read_text()
+
+
+def test_analysis_environment_leaves_out_the_models_extra():
+    """envs/analysis.yaml and finescope's own dependencies name no package of `models`; the
+    modules behind the analysis-environment rules import without them."""
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extra = {req.split("==")[0] for req in project["optional-dependencies"]["models"]}
+    assert {"torch", "transformers"} <= extra
+    core = {req.split("==")[0] for req in project["dependencies"]}
+    assert not core & extra
+    env = (root / "envs" / "analysis.yaml").read_text()
+    assert not [name for name in extra if f"- {name}==" in env]
+    modules = "data subsample compare analysis figures summary cache stages job_warnings tracking"
+    script = BLOCK_MODELS_EXTRA + "".join(f"import finescope.{m}\n" for m in modules.split())
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)

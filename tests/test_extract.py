@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import finescope.finetune as ft
-from finescope import extract
+from finescope import cache, extract
+from finescope.cache import Cache
 from finescope.errors import FinescopeError
-from finescope.extract import Cache, run_extract
+from finescope.extract import run_extract
 from finescope.models import is_decoder, load_model, load_tokenizer
 
 F32 = {"dtype": "float32"}
@@ -52,7 +53,7 @@ def test_pooling_ignores_padding(tiny_model_dir, nli_items, tmp_path, side, view
     assert alone["forward_passes"] == n_sequences
     assert padded["forward_passes"] == math.ceil(n_sequences / 7)
     a, b = Cache(tmp_path / "b1"), Cache(tmp_path / "b7")
-    assert a.views == extract.VIEWS[view]
+    assert a.views == cache.VIEWS[view]
     for view_name in a.views:
         for layer in range(a.n_layers):
             np.testing.assert_allclose(

@@ -14,6 +14,7 @@ import pytest
 from sklearn.metrics import f1_score
 from threadpoolctl import threadpool_limits
 
+from benchmarks.references import layerwise_logreg_baseline
 from finescope.errors import FinescopeError
 from finescope.probe import (
     STOP_WORDS,
@@ -22,7 +23,6 @@ from finescope.probe import (
     control_scores,
     hypothesis_type,
     layer_features,
-    layerwise_logreg_baseline,
     make_probe,
     mdl_block_ends,
     merge_ner_tag,

@@ -96,8 +96,9 @@ def jnlpba_word_vectors(tmp_path_factory):
 
     if not (SHARED_DATA / "jnlpba" / "test.tsv").is_file():
         pytest.skip(f"real data folder {SHARED_DATA}/jnlpba is absent (it sits beside the project)")
-    from finescope.bench import ner_corpus, sample
-    from finescope.extract import Cache, run_extract
+    from benchmarks.common import ner_corpus, sample
+    from finescope.cache import Cache
+    from finescope.extract import run_extract
     from finescope.models import materialize_model
     from finescope.probe import merge_ner_tag
 
@@ -131,11 +132,11 @@ def test_same_accuracy_as_sklearn_on_real_word_vectors_for_every_layer(jnlpba_wo
 
 
 def test_bench_section_compares_both_backends_and_replaces_itself_in_place():
-    from finescope import bench
+    from benchmarks import probing, report
 
     X, y = _problem(400, 12, 3, seed=2)
     Xt, yt = _problem(100, 12, 3, seed=2)
-    result = bench.bench_probe_backends(X, y, Xt, yt, widths=(12, 24), items=(100, 200, 400))
+    result = probing.bench_probe_backends(X, y, Xt, yt, widths=(12, 24), items=(100, 200, 400))
     assert [(r["width"], r["items"]) for r in result["rows"]] == [
         (w, n) for w in (12, 24) for n in (100, 200, 400)
     ]
@@ -145,11 +146,11 @@ def test_bench_section_compares_both_backends_and_replaces_itself_in_place():
     assert set(result["slopes"]) == {
         f"{b}_{k}" for b in ("torch", "sklearn") for k in ("n_d12", "n_d24", "d")
     }
-    section = "\n".join(bench.render_probe_backends(result, "synthetic"))
+    section = "\n".join(report.render_probe_backends(result, "synthetic"))
     old = "# Benchmarks\n\n## A\n\ntext\n\n## B\n\nmore\n\nBenchmark wall time: 1 s.\n"
-    once = bench.replace_section(old, section)
+    once = report.replace_section(old, section)
     assert once.index("## B") < once.index(section.splitlines()[0]) < once.index("wall time")
-    twice = bench.replace_section(once, section)
+    twice = report.replace_section(once, section)
     assert twice == once and twice.count(section.splitlines()[0]) == 1
-    rates = bench.throughput({"probe_backends": result})
+    rates = report.throughput({"probe_backends": result})
     assert rates["probe_torch_s_per_row_dim"] > 0 and rates["probe_sklearn_s_per_row_dim"] > 0
