@@ -62,11 +62,11 @@ def logged(
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Jobs of envs/analysis.yaml have no torch or transformers (finescope without `models`).
-    torch = _optional("torch")
     if threads:
         from threadpoolctl import threadpool_limits
 
+        # Jobs of envs/analysis.yaml have no torch or transformers (finescope without `models`).
+        torch = _optional("torch")
         if torch is not None:
             torch.set_num_threads(threads)
         # NumPy/SciPy BLAS and OpenMP pools (the probes' scikit-learn fits) keep to them too.
