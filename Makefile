@@ -82,8 +82,10 @@ lint: install
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
 
+# DAG_OUT: where the graphs go.
+DAG_OUT ?= results/dag
 dag: install
-	$(BIN)/python -m finescope.dag --out results/dag
+	$(BIN)/python -m finescope.dag --out $(DAG_OUT)
 
 # benchmarks/ holds the benchmark code: only its folders (the rules' benchmark files) go.
 clean:

@@ -117,8 +117,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from finescope import columns
 from finescope.errors import FinescopeError
 from finescope.io import read_json
+from finescope.settings import defaults
 
 RANDOM = "random"
 SOURCES = ("downstream", "probing", "change")
@@ -148,8 +150,10 @@ CHANGE_DIRECTION = {
     "attention_js": "max",
     "attention_entropy_change": "absmax",
 }
-MIN_N = 8
-DEPTH_BINS = 4
+_DEFAULTS = defaults("analysis")  # the schema's, their one home
+MIN_N = _DEFAULTS["min_n"]
+DEPTH_BINS = _DEFAULTS["depth_bins"]
+N_BOOT = _DEFAULTS["n_boot"]
 N_PERM = 2000
 # Up to this many within-cell arrangements the permutation p-value is exact.
 EXACT_LIMIT = 10_000
@@ -170,7 +174,7 @@ _CELLS_WORDS = {
     "raw": "across all grid points",
 }
 
-GRID = ["task", "model", "fraction", "seed"]
+GRID = columns.GRID
 FEATURE = ["measure_source", "probe", "measure", "layer"]
 
 DOWNSTREAM_COLUMNS = [
@@ -202,8 +206,9 @@ TIDY_COLUMNS = [
     "measure",
     "value",
 ]
-PROBING_COLUMNS = ["task", "model", "fraction", "seed", "layer", "probe", "measure", "value"]
-CHANGE_COLUMNS = ["task", "model", "fraction", "seed", "layer", "head", "measure", "value"]
+# The probe input (features) is a setting of the probe job, not part of a measure's key.
+PROBING_COLUMNS = [c for c in columns.PROBING if c != "features"]
+CHANGE_COLUMNS = columns.CHANGE
 FEATURE_COLUMNS = [*GRID, "family", "domain", *FEATURE, "relative_depth", "x", "score"]
 CORRELATION_COLUMNS = [
     "task",
@@ -355,7 +360,7 @@ def collect_downstream(
     records: Iterable[Mapping[str, Any]],
     model_meta: Mapping[str, Mapping[str, Any]] | None = None,
     *,
-    entity_f1: str = "strict",
+    entity_f1: str = _DEFAULTS["entity_f1"],
 ) -> pd.DataFrame:
     """Long table of downstream metrics, one row per numeric metric of each grid point.
 
@@ -443,7 +448,7 @@ def collect_downstream(
 def _reselect_score(downstream: pd.DataFrame, entity_f1: str) -> pd.DataFrame:
     """Copy the requested NER entity F1 into ``score`` for grid points that have both F1s."""
     key = _check_entity_f1(entity_f1)
-    point = ["task", "model", "fraction", "seed"]
+    point = GRID
     have = downstream[downstream["measure"].isin(["f1", "f1_conlleval"])]
     ner = have.groupby(point)["measure"].nunique()
     ner = ner[ner == 2].index
@@ -491,7 +496,7 @@ def downstream_table(
         point, sorted by task, model, fraction, seed.
     """
     if not isinstance(downstream, pd.DataFrame):
-        downstream = collect_downstream(downstream, entity_f1=entity_f1 or "strict")
+        downstream = collect_downstream(downstream, entity_f1=entity_f1 or _DEFAULTS["entity_f1"])
     elif entity_f1 is not None and not downstream.empty:
         downstream = _reselect_score(downstream, entity_f1)
     index = ["task", "model", "family", "domain", "fraction", "seed", "primary", "score_metric"]
@@ -504,9 +509,7 @@ def downstream_table(
     wide = wide.reset_index()
     wide.columns.name = None
     wide = wide[[*index, "score", *others]]
-    return wide.sort_values(["task", "model", "fraction", "seed"], kind="stable").reset_index(
-        drop=True
-    )
+    return wide.sort_values(GRID, kind="stable").reset_index(drop=True)
 
 
 def _is_number(value: Any) -> bool:
@@ -563,7 +566,7 @@ def tidy_measures(
     change: pd.DataFrame | Sequence[str | Path | pd.DataFrame] | None,
     model_meta: Mapping[str, Mapping[str, Any]] | None,
     *,
-    entity_f1: str = "strict",
+    entity_f1: str = _DEFAULTS["entity_f1"],
 ) -> pd.DataFrame:
     """One long table with every downstream, probing and change measure.
 
@@ -602,9 +605,7 @@ def tidy_measures(
             else collect_downstream(downstream, model_meta, entity_f1=entity_f1)
         )
         if not ds.empty:
-            _check_columns(
-                ds, ["task", "model", "fraction", "seed", "measure", "value"], "downstream"
-            )
+            _check_columns(ds, [*GRID, "measure", "value"], "downstream")
             parts.append(
                 pd.DataFrame(
                     {
@@ -1369,8 +1370,8 @@ def _test_rows(
 
 def correlate(
     tidy: pd.DataFrame,
-    seed: int = 0,
-    n_boot: int = 1000,
+    seed: int = _DEFAULTS["seed"],
+    n_boot: int = N_BOOT,
     *,
     min_n: int = MIN_N,
     depth_bins: int = DEPTH_BINS,

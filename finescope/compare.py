@@ -43,12 +43,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from finescope import columns
 from finescope.cache import Cache
 from finescope.errors import FinescopeError
 from finescope.progress import Progress
+from finescope.settings import defaults
 
-DEFAULTS: dict = {"debiased_cka": True, "cka_max_items": 2000, "seed": 0, "attention": True}
-COLUMNS = ["task", "model", "fraction", "seed", "layer", "head", "measure", "value"]
+# The config block's defaults (from the schema); attention: off for a job without attention maps.
+DEFAULTS: dict = {**defaults("compare"), "attention": True}
+COLUMNS = columns.CHANGE
 ATTENTION_MEASURES = ("attention_cosine", "attention_js", "attention_entropy_change")
 _CHUNK = 8192
 

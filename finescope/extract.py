@@ -50,8 +50,9 @@ import torch
 import transformers
 
 from finescope.cache import DTYPES, VIEWS, release_pages, to_storage
+from finescope.devices import resolve_device
 from finescope.errors import FinescopeError
-from finescope.finetune import effective_max_length, resolve_device, uses_token_type_ids
+from finescope.finetune import effective_max_length, uses_token_type_ids
 from finescope.io import atomic_path, write_json
 from finescope.models import (
     encode_pairs,
@@ -63,19 +64,26 @@ from finescope.models import (
     word_index,
 )
 from finescope.progress import Progress
+from finescope.settings import defaults
 
+# The config block's defaults that mean the same here (from the schema, their one home) and
+# the keys only a job sets (seed: the random baseline's weights; the workflow passes the
+# model's ner_subword as ner_pooling).
+_FROM_CONFIG = (
+    "batch_size",
+    "max_length",
+    "dtype",
+    "attention_items",
+    "padding_side",
+    "device",
+    "bf16_autocast",
+    "nli_view",
+)
 DEFAULTS: dict = {
-    "batch_size": 16,
-    "max_length": 128,
-    "dtype": "float16",
-    "attention_items": 0,
+    **{key: defaults("extract")[key] for key in _FROM_CONFIG},
     "trust_remote_code": False,
     "random_init": False,
     "seed": 0,
-    "padding_side": "right",
-    "device": "auto",
-    "bf16_autocast": False,
-    "nli_view": "pair",
     "ner_pooling": "first",
 }
 NLI_VIEWS = ("pair", "separate")
@@ -125,10 +133,6 @@ def _settings(settings: dict | None) -> dict:
             f"{list(NER_POOLINGS)}"
         )
     return merged
-
-
-def _device(name: str) -> torch.device:
-    return resolve_device(name, key="extract.device")
 
 
 def _load_model(model_dir: Path, task: str, settings: dict, need_attention: bool):
@@ -391,7 +395,7 @@ def run_extract(
 
     load_started = time.perf_counter()
     model = _load_model(model_dir, task, settings, need_attention=n_attention > 0)
-    device = _device(str(settings["device"]))
+    device = resolve_device(str(settings["device"]), key="extract.device")
     model.to(device).eval()
     load_seconds = time.perf_counter() - load_started
     decoder = is_decoder(model.config)

@@ -39,6 +39,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from finescope.devices import resolve_device
 from finescope.errors import FinescopeError
 from finescope.io import atomic_path, read_json, write_json
 from finescope.metrics import ner_metrics, nli_metrics
@@ -51,6 +52,7 @@ from finescope.models import (
     word_index,
 )
 from finescope.progress import Progress
+from finescope.settings import defaults
 
 logger = logging.getLogger("finescope.finetune")
 
@@ -61,26 +63,15 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CURVE_COLUMNS = ("step", "epoch", "loss", "learning_rate", "dev_score", "examples_per_second")
 MAX_GRAD_NORM = 1.0
 
+# The config block's defaults (from the schema, their one home) and the keys only a job sets.
 DEFAULT_SETTINGS: dict = {
-    "learning_rate": 5e-5,
-    "epochs": 3,
-    "batch_size": 16,
-    "max_length": 128,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
-    "gradient_accumulation": 1,
-    "precision": "auto",
+    **{key: value for key, value in defaults("finetune").items() if key != "keep_model"},
     "seed": 0,
-    "checkpoint_every": 200,
-    "select_on_dev": True,
-    "lora": {"enabled": False, "r": 8, "alpha": 16, "dropout": 0.1},
     "trust_remote_code": False,
     # Batch size of dev/test evaluation; None means 2 x batch_size.
     "eval_batch_size": None,
     # Length grouping: items are sorted by length inside windows of this many batches.
     "mega_batch": 50,
-    # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
-    "device": "auto",
     # CPU threads for torch; None keeps torch's default (all cores).
     "threads": None,
     # NER: the sub-word of each word that carries its label and prediction, "first" or "last"
@@ -175,50 +166,6 @@ def resolve_settings(settings: dict | None) -> dict:
     lora["alpha"] = _as_number("lora.alpha", lora["alpha"], kind=float, low=1e-12)
     lora["dropout"] = _as_number("lora.dropout", lora["dropout"], kind=float, low=0, high=1)
     return s
-
-
-def resolve_device(name: str = "auto", key: str = "finetune.device") -> torch.device:
-    """The device of a run.
-
-    Parameters
-    ----------
-    name
-        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
-        ``"mps"``.
-    key
-        The config key named in errors (``extract.device`` for extraction).
-
-    Returns
-    -------
-    torch.device
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    allowed = '"auto", "cpu", "cuda", "cuda:N" or "mps"'
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise FinescopeError(f"config key {key}: {name!r} is not one of {allowed}") from exc
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise FinescopeError(f"config key {key}: {name!r} is not one of {allowed}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FinescopeError(
-                f"config key {key}: {name!r} asked for, but no CUDA GPU is visible. "
-                'Use "auto" or "cpu".'
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise FinescopeError(
-                f"config key {key}: {name!r} asked for, but only {torch.cuda.device_count()} "
-                "GPU(s) are visible (a job holding a GPU slot sees its GPU as cuda:0). "
-                'Use "auto" or "cuda".'
-            )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise FinescopeError(
-            f"config key {key}: 'mps' asked for, but this machine has no Apple GPU (MPS). "
-            'Use "auto" or "cpu".'
-        )
-    return device
 
 
 @dataclass(frozen=True)

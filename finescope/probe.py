@@ -88,8 +88,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from finescope import columns
 from finescope.errors import FinescopeError
 from finescope.progress import Progress
+from finescope.settings import defaults
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ MDL_PROBES = ("linear", "mlp")
 MDL_PORTIONS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.25, 12.5, 25.0, 50.0, 100.0)
 # L2 strengths the online code's linear probe chooses from at every block.
 MDL_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-COLUMNS = ["task", "model", "fraction", "seed", "layer", "probe", "features", "measure", "value"]
+COLUMNS = columns.PROBING
 NLI_VIEWS = ("premise", "hypothesis")
 NLI_LAYOUTS = ("pair", "separate")
 NLI_FEATURES = {
@@ -126,27 +128,11 @@ STOP_WORDS = frozenset(
 # Largest finite float16: an overflowed half-precision activation is clipped back to it.
 _FP16_MAX = float(np.finfo(np.float16).max)
 
+# The config block's defaults (from the schema, their one home; C: a number, or a list searched
+# per layer on probe-dev macro-F1) and the keys only a job sets: optional caps (None = off) on
+# probe-train and test items (probe-dev is never capped) and the worker count.
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "probes": ["linear"],
-    # C: a number, or a list searched per layer on probe-dev macro-F1 (linear and svm).
-    # backend: "torch" (L-BFGS in torch, on the GPU when there is one) or "sklearn"; both
-    # minimise scikit-learn's LogisticRegression objective, so C means the same.
-    "linear": {"C": 1.0, "max_iter": 1000, "backend": "torch"},
-    "mlp": {"hidden": 128, "alpha": 1e-4, "max_iter": 200},
-    "svm": {"C": 1.0, "gamma": "scale"},
-    "bilstm_crf": {"hidden": 64, "epochs": 10, "lr": 0.01, "batch_size": 32},
-    # "auto" | "cls" | "segments" | "cls_segments"; auto = cls_segments (pair caches) or
-    # segments (separate caches).
-    "nli_features": "auto",
-    "nli_interactions": False,
-    "selectivity": True,
-    # "lexical" (control key = the hypothesis's first content word) | "none".
-    "nli_control": "lexical",
-    # True/False, or {"enabled": bool, "probe": "linear" | "mlp", "portions": [...percent...],
-    # "C_grid": [...]} (see make_mdl_probe).
-    "mdl": True,
-    "seed": 0,
-    # Optional caps (null = off): probe-train items and test items; probe-dev is never capped.
+    **{key: value for key, value in defaults("probe").items() if key != "random_baseline"},
     "max_train_items": None,
     "max_test_items": None,
     "n_jobs": 1,

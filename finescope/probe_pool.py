@@ -19,10 +19,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 
 from finescope.errors import FinescopeError
+from finescope.settings import defaults
 from finescope.subsample import stratified_order
 
 SOURCES = ("train", "dev")
-DEFAULTS = {"source": "train", "size": 0.2, "dev_share": 0.25}
+DEFAULTS = defaults("probe_pool")
 POOL_SPLITS = ("train", "dev")
 
 

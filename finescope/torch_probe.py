@@ -21,24 +21,11 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from finescope.devices import resolve_device
 from finescope.errors import FinescopeError
 
-DEVICES = ("auto", "cpu", "cuda")
 # Entries of X times classes below which a CPU fit runs on one thread.
 SMALL_PROBLEM = 2_000_000
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
-    import torch
-
-    if device not in DEVICES:
-        raise FinescopeError(f"config key probe.linear.device: {device!r}; use one of {DEVICES}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FinescopeError("config key probe.linear.device: cuda, but torch sees no GPU")
-    return device
 
 
 def fit_logistic(
@@ -218,7 +205,7 @@ class TorchLogisticRegression(BaseEstimator, ClassifierMixin):
     def fit(self, X: np.ndarray, y: Sequence) -> TorchLogisticRegression:
         import torch
 
-        self.device_ = resolve_device(self.device)
+        self.device_ = str(resolve_device(self.device, "probe.linear.device", ("cpu", "cuda")))
         classes, codes = np.unique(np.asarray(y), return_inverse=True)
         if len(classes) < 2:
             raise FinescopeError("logistic regression needs at least two classes in y")

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from finescope.errors import FinescopeError
+from finescope.settings import defaults
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"backend": "none", "uri": None, "experiment": "finescope"}
+DEFAULTS = defaults("tracking")
 # MLflow caps a param value at 6000 characters; longer values are cut with a marker.
 MAX_PARAM_CHARS = 6000
 

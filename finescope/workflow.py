@@ -16,6 +16,7 @@ import yaml
 from finescope.data import hub_data_dir, is_hub_dataset
 from finescope.errors import FinescopeError, unknown_key_hint
 from finescope.refs import GGUF_PREFIX, PYPI_PREFIX
+from finescope.settings import defaults
 
 # Probes that only make sense for one task: the study's SVM reads sentence pairs,
 # its BiLSTM-CRF reads word sequences.
@@ -23,9 +24,11 @@ TASK_ONLY_PROBES = {"svm": "nli", "bilstm_crf": "ner"}
 PRETRAINED = "0"
 RANDOM = "random"
 TABLES = ["data", "downstream", "probing", "change", "attention", "correlations", "measures"]
-# Defaults of the device settings (as in finetune.DEFAULT_SETTINGS and extract.DEFAULTS): a
-# job's settings leave them out when at these values.
-RUN_DEFAULTS = {"device": "auto", "bf16_autocast": False, "padding_side": "right"}
+# How the forward pass runs (defaults from the schema, as run_extract and run_finetune take
+# them): a job's settings leave these out when at their defaults.
+RUN_DEFAULTS = {
+    key: defaults("extract")[key] for key in ("device", "bf16_autocast", "padding_side")
+}
 
 
 def _dotted(parts: Sequence) -> str:

@@ -45,6 +45,9 @@ rule subsample:
         "results/subsets/{task}/f{fraction}/s{seed}.json",
     log:
         "logs/subsample/{task}/f{fraction}/s{seed}.log",
+    # Only the trained fractions have a subset; "random" (the baseline) is extraction's alone.
+    wildcard_constraints:
+        fraction=r"\d+",
     conda:
         "../envs/analysis.yaml"
     script:

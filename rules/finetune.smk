@@ -20,6 +20,8 @@ rule finetune:
         "logs/finetune/{task}/{model}/f{fraction}/s{seed}.log",
     benchmark:
         "benchmarks/finetune/{task}/{model}/f{fraction}/s{seed}.tsv"
+    wildcard_constraints:
+        fraction=r"\d+",
     conda:
         "../envs/torch.yaml"
     threads: 2

@@ -9,10 +9,10 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from finescope.devices import resolve_device
 from finescope.errors import FinescopeError
 from finescope.extract import DEFAULTS as EXTRACT_DEFAULTS
 from finescope.finetune import DEFAULT_SETTINGS as FINETUNE_DEFAULTS
-from finescope.finetune import resolve_device
 from finescope.workflow import RUN_DEFAULTS, Grid, schema_error
 from tests.workflow_utils import ROOT, merge_config
 
@@ -137,3 +137,21 @@ def test_resolve_device_names_the_key_of_a_device_this_machine_lacks():
     if not torch.backends.mps.is_available():
         with pytest.raises(FinescopeError, match=r"config key extract\.device: 'mps' asked for"):
             resolve_device("mps", key="extract.device")
+
+
+def test_every_stage_resolves_its_device_with_the_one_resolver():
+    """Fine-tuning, extraction and the torch probe share finescope.devices.resolve_device; the
+    probe, which runs on CPU or CUDA only, refuses MPS naming its own key."""
+    import numpy as np
+
+    from finescope import extract, finetune, torch_probe
+
+    assert finetune.resolve_device is resolve_device
+    assert extract.resolve_device is resolve_device
+    assert torch_probe.resolve_device is resolve_device
+    probe = torch_probe.TorchLogisticRegression(device="mps")
+    with pytest.raises(FinescopeError, match=r"config key probe\.linear\.device: 'mps' is not"):
+        probe.fit(np.zeros((4, 2)), [0, 1, 0, 1])
+    assert torch_probe.TorchLogisticRegression(device="auto").fit(
+        np.eye(4), [0, 1, 0, 1]
+    ).device_ == ("cuda" if torch.cuda.is_available() else "cpu")

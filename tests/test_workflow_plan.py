@@ -8,7 +8,7 @@ from snakemake.utils import validate
 
 from finescope.errors import FinescopeError
 from finescope.workflow import Grid, check_unique_keys, schema_error
-from tests.workflow_utils import ROOT, planned_jobs
+from tests.workflow_utils import ROOT, planned_jobs, snakemake
 
 
 def _config(path):
@@ -144,3 +144,17 @@ def test_a_setting_with_alternative_forms_names_the_error_of_the_form_it_has(pro
     with pytest.raises(Exception) as caught:
         validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
     assert str(schema_error(caught.value)).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["results/subsets/ner/f{}/s1.json", "results/finetune/ner/minilm/f{}/s1/metrics.json"],
+)
+def test_only_trained_fractions_have_a_subset_or_a_fine_tuning_job(tmp_path, target):
+    """The random-weights baseline (fraction "random") is extracted and probed, never trained."""
+    args = ("--configfile", str(ROOT / "config.yaml"))
+    # The target goes first: --configfile takes every argument that follows it.
+    assert planned_jobs(tmp_path, target.format(50), *args)
+    refused = snakemake(tmp_path, "-n", target.format("random"), *args, check=False)
+    assert refused.returncode != 0
+    assert "MissingRuleException" in refused.stderr + refused.stdout
