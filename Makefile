@@ -81,6 +81,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint --configfile .test/config/config.yaml
 
 # DAG_OUT: where the graphs go.
 DAG_OUT ?= results/dag

@@ -29,6 +29,7 @@ from finescope.errors import FinescopeError, unknown_key_hint
 from finescope.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from finescope.probe_pool import overlap
 from finescope.probe_pool import reserve as reserve_probe_pool
+from finescope.settings import tasks
 from finescope.subsample import item_labels, read_subset, stratified_order
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 SPLITS = ("train", "dev", "test")
 # The reserved probe items (see finescope.probe_pool), written as probe.jsonl.
 PROBE_SPLIT = "probe"
-TASKS = ("nli", "ner")
+TASKS = tasks()
 SOURCES = ("synthetic", "files", "hf")
 NLI_FORMATS = ("jsonl", "csv", "tsv")
 NER_FORMATS = ("tsv", "conll", "iob2", "jsonl")

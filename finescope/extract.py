@@ -64,7 +64,7 @@ from finescope.models import (
     word_index,
 )
 from finescope.progress import Progress
-from finescope.settings import defaults
+from finescope.settings import defaults, tasks
 
 # The config block's defaults that mean the same here (from the schema, their one home) and
 # the keys only a job sets (seed: the random baseline's weights; the workflow passes the
@@ -157,8 +157,8 @@ def _text_config(config):
 
 
 def _check_items(task: str, items: list[dict]) -> None:
-    if task not in ("nli", "ner"):
-        raise FinescopeError(f"extract: unknown task {task!r}; expected one of ['ner', 'nli']")
+    if task not in tasks():
+        raise FinescopeError(f"extract: unknown task {task!r}; expected one of {sorted(tasks())}")
     if not items:
         raise FinescopeError(f"extract ({task}): no items to encode; check the data stage output")
     for item in items:

@@ -9,10 +9,6 @@ The loop is written out (no ``transformers.Trainer``) so that
   generator states, the position inside the epoch, the learning curve and the best dev state;
 * its overhead can be measured against a bare forward/backward loop over the same batches
   (:func:`build_batches` returns them).
-
-Test hook: with the environment variable ``FINESCOPE_KILL_AFTER_CHECKPOINT=k`` the process kills
-itself with SIGKILL right after writing its k-th checkpoint (simulates a job killed by the
-scheduler or the out-of-memory killer; used by the resume test).
 """
 
 from __future__ import annotations
@@ -28,7 +24,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,13 +47,12 @@ from finescope.models import (
     word_index,
 )
 from finescope.progress import Progress
-from finescope.settings import defaults
+from finescope.settings import defaults, tasks
 
 logger = logging.getLogger("finescope.finetune")
 
-KILL_AFTER_CHECKPOINT_ENV = "FINESCOPE_KILL_AFTER_CHECKPOINT"
 CHECKPOINT_FORMAT = 1
-TASKS = ("nli", "ner")
+TASKS = tasks()
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CURVE_COLUMNS = ("step", "epoch", "loss", "learning_rate", "dev_score", "examples_per_second")
 MAX_GRAD_NORM = 1.0
@@ -880,15 +874,6 @@ def job_fingerprint(
     }
 
 
-def _after_checkpoint(count: int) -> None:
-    """Test hook: FINESCOPE_KILL_AFTER_CHECKPOINT=k kills this process with SIGKILL right after
-    its k-th checkpoint, as a scheduler or the out-of-memory killer would."""
-    target = os.environ.get(KILL_AFTER_CHECKPOINT_ENV)
-    if target and count == int(target):
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class CheckpointStore:
     """Checkpoints of one job in ``folder/step-<global step>/``, each written atomically (temp
     folder + rename); only the newest is kept.
@@ -1088,6 +1073,7 @@ def train_loop(
     checkpoint_dir: str | Path | None = None,
     fingerprint: dict | None = None,
     progress: bool = True,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainState:
     """Train ``model`` (in place, on its current device) and return the final state.
 
@@ -1096,7 +1082,8 @@ def train_loop(
     length-grouped batches from :func:`epoch_batches`. With ``select_on_dev`` and dev items, dev
     is scored after each epoch and the best weights are restored at the end. With
     ``checkpoint_dir`` a matching checkpoint there is resumed and a new one is written every
-    ``checkpoint_every`` optimiser steps.
+    ``checkpoint_every`` optimiser steps; ``on_checkpoint`` is called with the count written so
+    far right after each one is on disk.
 
     Returns
     -------
@@ -1228,7 +1215,8 @@ def train_loop(
                 bar.update(1, {"loss": f"{loss_value:.4f}"}, examples=n_examples)
                 if store is not None and every and state.global_step % every == 0:
                     store.save(state, model, optimizer, scheduler, scaler)
-                    _after_checkpoint(store.saved)
+                    if on_checkpoint is not None:
+                        on_checkpoint(store.saved)
     except torch.OutOfMemoryError as exc:
         raise _oom_error(exc, s, "training") from exc
     state.epoch, state.step_in_epoch = epochs, 0
@@ -1330,6 +1318,7 @@ def run_finetune(
     out_dir: str | Path,
     checkpoint_dir: str | Path | None,
     settings: dict | None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> dict:
     """Fine-tune a pre-trained model on the training items in ``subset_ids`` and score it.
 
@@ -1351,6 +1340,9 @@ def run_finetune(
         resumed; removed after success. None: no checkpoints.
     settings
         See :data:`DEFAULT_SETTINGS`.
+    on_checkpoint
+        Called with the number of checkpoints written so far, right after each one is on disk
+        (the resume tests kill the process there, as a scheduler would).
 
     Returns
     -------
@@ -1392,6 +1384,7 @@ def run_finetune(
             dev_items=dev_items if s["select_on_dev"] else (),
             checkpoint_dir=checkpoint_dir,
             fingerprint=fingerprint,
+            on_checkpoint=on_checkpoint,
         )
         if s["lora"]["enabled"]:
             model = model.merge_and_unload()

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import finescope
+from finescope.settings import tasks
 
 SUFFIX = ".warnings.jsonl"
 PACKAGE_DIR = Path(finescope.__file__).resolve().parent
-TASK_NAMES = ("nli", "ner")
+TASK_NAMES = tasks()
 
 
 def record_path(log_path: str | Path) -> Path:

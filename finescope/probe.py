@@ -90,8 +90,9 @@ from sklearn.svm import SVC
 
 from finescope import columns
 from finescope.errors import FinescopeError
+from finescope.probe_pool import cap_items
 from finescope.progress import Progress
-from finescope.settings import defaults
+from finescope.settings import defaults, tasks
 
 log = logging.getLogger(__name__)
 
@@ -1026,32 +1027,12 @@ class FeatureSpec:
 
 
 def sample_item_indices(ids: Sequence[str], max_items: int | None, seed: int) -> np.ndarray:
-    """Indices of the items kept under a cap: a seeded permutation of the sorted ids, prefix.
-
-    The choice depends only on the set of ids, the cap and the seed, so caches of the same
-    items (every fraction, seed and the random baseline) keep the same items.
-
-    Parameters
-    ----------
-    ids
-        Item ids in cache order, shape (N,), unique.
-    max_items
-        Cap, or None to keep all.
-    seed
-        Sampling seed.
-
-    Returns
-    -------
-    Sorted indices into ``ids`` of the kept items.
-    """
-    ids = list(map(str, ids))
-    if len(set(ids)) != len(ids):
-        raise FinescopeError("cache meta.json: item ids are not unique")
-    if max_items is None or max_items >= len(ids):
-        return np.arange(len(ids))
-    sorted_ids = sorted(ids)
-    chosen = {sorted_ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:max_items]}
-    return np.array([i for i, item in enumerate(ids) if item in chosen], dtype=np.int64)
+    """Sorted indices into ``ids`` of the items kept under a cap (see
+    :func:`finescope.probe_pool.cap_items`, the workflow's item cap)."""
+    try:
+        return np.asarray(cap_items(ids, max_items, seed), dtype=np.int64)
+    except FinescopeError as exc:
+        raise FinescopeError(f"cache meta.json: {exc}") from None
 
 
 def nli_layout(meta: dict, path: str | Path = "cache") -> str:
@@ -1444,8 +1425,8 @@ def run_probes(
     """
     from joblib import Parallel, delayed
 
-    if task not in ("nli", "ner"):
-        raise FinescopeError(f"task {task!r}: expected 'nli' or 'ner'")
+    if task not in tasks():
+        raise FinescopeError(f"task {task!r}: expected {' or '.join(map(repr, tasks()))}")
     missing = [k for k in ("model", "fraction", "seed") if k not in point]
     if missing:
         raise FinescopeError(f"probe grid point {point}: missing {missing}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 
@@ -149,3 +150,16 @@ def overlap(pool_ids: Iterable[str], subset_ids: Sequence[str]) -> int:
 def _seed(seed: int, task: str, what: str) -> int:
     digest = hashlib.sha256(f"probe-{what}/{seed}/{task}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
+
+
+def cap_items(ids: Sequence[str], max_items: int | None, seed: int) -> list[int]:
+    """Indices (in the given order) of the items kept under a cap: a seeded sample of the sorted
+    ids, so it depends only on the set of ids, the cap and the seed, and every grid point and
+    the random baseline keep the same items. All of them when ``max_items`` is None."""
+    ids = [str(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        raise FinescopeError("item ids are not unique")
+    if max_items is None or max_items >= len(ids):
+        return list(range(len(ids)))
+    chosen = set(random.Random(seed).sample(sorted(ids), max_items))
+    return [i for i, item in enumerate(ids) if item in chosen]

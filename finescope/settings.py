@@ -30,6 +30,11 @@ def _schema() -> dict:
     return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
 
 
+def tasks() -> tuple[str, ...]:
+    """The tasks finescope knows (the schema's ``tasks`` block), e.g. ``("nli", "ner")``."""
+    return tuple(_schema()["properties"]["tasks"]["properties"])
+
+
 def schema() -> dict:
     """A copy of the config schema."""
     return copy.deepcopy(_schema())

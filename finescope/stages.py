@@ -10,7 +10,6 @@ import contextlib
 import importlib
 import logging
 import os
-import random
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pandas as pd
 
 from finescope import io, job_warnings
 from finescope.errors import FinescopeError
+from finescope.probe_pool import cap_items
 from finescope.progress import format_seconds
 
 log = logging.getLogger("finescope")
@@ -208,10 +208,7 @@ def finetune(
 def probe_items(items: list[dict], max_items: int | None, seed: int) -> list[dict]:
     """The items probed for a split: a seeded sample by id, the same for every grid point
     (all of them when ``max_items`` is None)."""
-    if max_items is None or len(items) <= max_items:
-        return items
-    chosen = set(random.Random(seed).sample(sorted(item["id"] for item in items), max_items))
-    return [item for item in items if item["id"] in chosen]
+    return [items[i] for i in cap_items([item["id"] for item in items], max_items, seed)]
 
 
 def extract(task: str, model_dir: str, data_path: str, out_dir: str, settings: dict) -> None:

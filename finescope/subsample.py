@@ -25,8 +25,9 @@ from pathlib import Path
 
 from finescope.errors import FinescopeError
 from finescope.io import read_json, write_json
+from finescope.settings import tasks
 
-TASKS = ("nli", "ner")
+TASKS = tasks()
 
 
 def stratum_key(item: dict, task: str) -> str:

@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable, Iterable
 
 from finescope.errors import FinescopeError
+from finescope.settings import tasks
 
 NLI_LABELS = ("contradiction", "entailment", "neutral")
 NER_TYPES = ("DNA", "RNA", "cell_line", "cell_type", "protein")
@@ -532,8 +533,9 @@ def generate(
         at most one). NER: ``{"id", "tokens", "tags"}`` with IOB2 tags over DNA, RNA, cell_line,
         cell_type and protein.
     """
-    if task not in ("nli", "ner"):
-        raise FinescopeError(f"synthetic data: unknown task {task!r}; use 'nli' or 'ner'.")
+    if task not in tasks():
+        names = " or ".join(map(repr, tasks()))
+        raise FinescopeError(f"synthetic data: unknown task {task!r}; use {names}.")
     if n < 0:
         raise FinescopeError(f"synthetic data: item count {n} is negative; use a count >= 0.")
     rng = random.Random(seed)

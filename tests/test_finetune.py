@@ -256,12 +256,16 @@ def test_two_runs_are_identical(reference_run, tiny_bert_dir, toy_data, tmp_path
     assert _curve(tmp_path / "curve.csv") == _curve(reference_out / "curve.csv")
 
 
+# Killed with SIGKILL right after its k-th checkpoint, as a scheduler or the OOM killer would.
 KILLED_RUN = """
-import json, sys
+import json, os, signal, sys
 from finescope.finetune import run_finetune
 args = json.loads(sys.argv[1])
+def kill_after(count):
+    if count == args["kill_after"]:
+        os.kill(os.getpid(), signal.SIGKILL)
 run_finetune("ner", args["model"], args["data"], args["ids"], args["out"], args["ckpt"],
-             args["settings"])
+             args["settings"], on_checkpoint=kill_after)
 """
 
 
@@ -277,11 +281,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(
         "out": str(tmp_path / "out"),
         "ckpt": str(tmp_path / "ckpt"),
         "settings": RESUME,
+        # Right after its 2nd checkpoint: global step 8 = epoch 2, step 2 of 6, with the best
+        # dev state of epoch 1 in the checkpoint.
+        "kill_after": 2,
     }
-    # Killed right after its 2nd checkpoint: global step 8 = epoch 2, step 2 of 6, with the best
-    # dev state of epoch 1 in the checkpoint.
     env = os.environ | {
-        ft.KILL_AFTER_CHECKPOINT_ENV: "2",
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }

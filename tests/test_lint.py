@@ -17,8 +17,9 @@ from tests.workflow_utils import ROOT
         [sys.executable, "-m", "ruff", "format", "--check", "."],
         [sys.executable, "-m", "snakefmt", "--check", "."],
         [sys.executable, "-m", "snakemake", "--lint"],
+        [sys.executable, "-m", "snakemake", "--lint", "--configfile", ".test/config/config.yaml"],
     ],
-    ids=["ruff-check", "ruff-format", "snakefmt", "snakemake-lint"],
+    ids=["ruff-check", "ruff-format", "snakefmt", "snakemake-lint", "snakemake-lint-test-config"],
 )
 def test_linters_are_clean(command):
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -9,6 +9,7 @@ of it (``copytree`` keeps the modification times and Snakemake's metadata in .sn
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -19,10 +20,12 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from finescope.finetune import KILL_AFTER_CHECKPOINT_ENV
 from finescope.io import KILL_BEFORE_RENAME_ENV, read_json
 from finescope.synthetic import generate_splits
 from tests.workflow_utils import dry_run_jobs, merge_config, planned_jobs, snakemake, tiny_config
+
+# sitecustomize.py there kills a fine-tuning job right after its first checkpoint.
+KILL_AFTER_CHECKPOINT = Path(__file__).parent / "hooks" / "kill_after_checkpoint"
 
 pytestmark = pytest.mark.workflow
 
@@ -232,7 +235,16 @@ def test_a_killed_finetune_resumes_to_the_metrics_of_an_uninterrupted_run(finish
 
     # 24 sentences (40 less the probe pool) / batch 8 = 3 steps; a checkpoint every 2 steps;
     # killed after the first.
-    killed = _run(workdir, target, check=False, env={KILL_AFTER_CHECKPOINT_ENV: "1"})
+    killed = _run(
+        workdir,
+        target,
+        check=False,
+        env={
+            "PYTHONPATH": os.pathsep.join(
+                [str(KILL_AFTER_CHECKPOINT), os.environ.get("PYTHONPATH", "")]
+            )
+        },
+    )
     assert killed.returncode != 0
     assert "Error in rule finetune" in killed.stdout + killed.stderr
     assert not (point / "metrics.json").exists() and not (point / "model").exists()

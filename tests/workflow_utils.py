@@ -106,37 +106,17 @@ def dry_run_jobs(workdir: Path, *args: str) -> list[dict]:
     return jobs
 
 
+# The test config (the Snakemake workflow catalog's place for it).
+TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
+
+
 def tiny_config(workdir: Path, models: dict[str, Path], **overrides) -> Path:
-    """Write a config that runs the whole DAG on tiny random models in about a minute."""
-    config = {
-        "tasks": {
-            "nli": {"data": {"source": "synthetic", "train": 40, "dev": 9, "test": 15}},
-            "ner": {"data": {"source": "synthetic", "train": 40, "dev": 9, "test": 15}},
-        },
-        "models": {
-            name: {"ref": str(path), "family": family, "domain": "general"}
-            for name, (path, family) in models.items()
-        },
-        "fractions": [0, 50, 100],
-        "seeds": [1],
-        "probe_pool": {"size": 16},
-        "finetune": {
-            "epochs": 1,
-            "batch_size": 8,
-            "learning_rate": 0.001,
-            "checkpoint_every": 2,
-            "max_length": 64,
-        },
-        # keep: all, since tests read the caches after a run.
-        "extract": {
-            "batch_size": 8,
-            "max_length": 64,
-            "attention_items": 6,
-            "dtype": "float32",
-            "keep": "all",
-        },
-        "probe": {"probes": ["linear"], "mlp": {"hidden": 16, "max_iter": 50}},
-        "analysis": {"n_boot": 50},
+    """Write the test config with ``models`` (name -> (folder, family)) in place of its own, so
+    the whole DAG runs on tiny random models in about a minute."""
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    config["models"] = {
+        name: {"ref": str(path), "family": family, "domain": "general"}
+        for name, (path, family) in models.items()
     }
     for key, value in overrides.items():
         config[key] = value
