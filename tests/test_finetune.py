@@ -322,24 +322,22 @@ class _Stop(Exception):
     pass
 
 
-def _crash_after_checkpoint(monkeypatch, k: int) -> None:
-    def hook(count: int) -> None:
-        if count == k:
-            raise _Stop
-
-    monkeypatch.setattr(ft, "_after_checkpoint", hook)
+def _stop_after_first(count: int) -> None:
+    if count == 1:
+        raise _Stop
 
 
-def _crashed_run(monkeypatch, model_dir, data, ckpt, out, settings) -> None:
-    _crash_after_checkpoint(monkeypatch, 1)
+def _crashed_run(model_dir, data, ckpt, out, settings) -> None:
+    """A run that crashes right after its first checkpoint."""
     with pytest.raises(_Stop):
-        ft.run_finetune("nli", model_dir, data, _train_ids(data), out, ckpt, settings)
-    monkeypatch.setattr(ft, "_after_checkpoint", lambda count: None)
+        ft.run_finetune(
+            "nli", model_dir, data, _train_ids(data), out, ckpt, settings, _stop_after_first
+        )
     assert any(ckpt.glob("step-*"))
 
 
 def test_checkpoint_of_another_job_is_reported_and_not_used(
-    tiny_bert_dir, tiny_gpt2_dir, toy_data, tmp_path, monkeypatch, caplog
+    tiny_bert_dir, tiny_gpt2_dir, toy_data, tmp_path, caplog
 ):
     data = toy_data["nli"]
     settings = SETTINGS[("nli", "gpt2")] | {"epochs": 2, "checkpoint_every": 3}
@@ -347,12 +345,12 @@ def test_checkpoint_of_another_job_is_reported_and_not_used(
     ids = _train_ids(data)
 
     # Same job: resumed.
-    _crashed_run(monkeypatch, tiny_gpt2_dir, data, ckpt, tmp_path / "a", settings)
+    _crashed_run(tiny_gpt2_dir, data, ckpt, tmp_path / "a", settings)
     metrics = ft.run_finetune("nli", tiny_gpt2_dir, data, ids, tmp_path / "a", ckpt, settings)
     assert metrics["resumed_from_step"] == 3
 
     # Another model: reported, removed, fresh start.
-    _crashed_run(monkeypatch, tiny_gpt2_dir, data, ckpt, tmp_path / "b", settings)
+    _crashed_run(tiny_gpt2_dir, data, ckpt, tmp_path / "b", settings)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="finescope.finetune"):
         metrics = ft.run_finetune("nli", tiny_bert_dir, data, ids, tmp_path / "b", ckpt, settings)
@@ -360,7 +358,7 @@ def test_checkpoint_of_another_job_is_reported_and_not_used(
     assert metrics["resumed_from_step"] is None and metrics["steps"] == 12
 
     # Other settings: reported with the setting's name.
-    _crashed_run(monkeypatch, tiny_gpt2_dir, data, ckpt, tmp_path / "c", settings)
+    _crashed_run(tiny_gpt2_dir, data, ckpt, tmp_path / "c", settings)
     caplog.clear()
     changed = settings | {"learning_rate": 1e-3}
     with caplog.at_level(logging.WARNING, logger="finescope.finetune"):
@@ -370,12 +368,12 @@ def test_checkpoint_of_another_job_is_reported_and_not_used(
 
 
 def test_unreadable_checkpoint_is_reported_and_training_starts_fresh(
-    tiny_gpt2_dir, toy_data, tmp_path, monkeypatch, caplog
+    tiny_gpt2_dir, toy_data, tmp_path, caplog
 ):
     data = toy_data["nli"]
     settings = SETTINGS[("nli", "gpt2")] | {"epochs": 1, "checkpoint_every": 2}
     ckpt = tmp_path / "ckpt"
-    _crashed_run(monkeypatch, tiny_gpt2_dir, data, ckpt, tmp_path, settings)
+    _crashed_run(tiny_gpt2_dir, data, ckpt, tmp_path, settings)
     (next(ckpt.glob("step-*")) / "state.pt").write_bytes(b"not a checkpoint")
     (ckpt / ".step-000000009.abc.tmp").mkdir()  # a write killed before its rename
     with caplog.at_level(logging.WARNING, logger="finescope.finetune"):
