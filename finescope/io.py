@@ -1,10 +1,5 @@
 """Small file helpers: every output is written to a temporary name and renamed when complete,
 so no reader (and no re-run of the workflow) ever sees a half-written file.
-
-Test hook: with the environment variable ``FINESCOPE_KILL_BEFORE_RENAME=<suffix>`` a process
-kills itself with SIGKILL when an output whose path ends with ``<suffix>`` is complete under its
-temporary name, just before the rename (simulates a job killed at the worst moment; used by the
-workflow's interruption tests).
 """
 
 from __future__ import annotations
@@ -14,13 +9,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-
-KILL_BEFORE_RENAME_ENV = "FINESCOPE_KILL_BEFORE_RENAME"
 
 
 def _temp_name_pattern(name: str) -> re.Pattern:
@@ -35,12 +27,6 @@ def _clear_stale_temps(path: Path) -> None:
     for entry in path.parent.iterdir():
         if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _before_rename(path: Path) -> None:
-    suffix = os.environ.get(KILL_BEFORE_RENAME_ENV)
-    if suffix and str(path).endswith(suffix):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -64,7 +50,6 @@ def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     target = tmp if is_dir else tmp / path.name
     try:
         yield target
-        _before_rename(path)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(target, path)

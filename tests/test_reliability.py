@@ -20,12 +20,18 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from finescope.io import KILL_BEFORE_RENAME_ENV, read_json
+from finescope.io import read_json
 from finescope.synthetic import generate_splits
 from tests.workflow_utils import dry_run_jobs, merge_config, planned_jobs, snakemake, tiny_config
 
-# sitecustomize.py there kills a fine-tuning job right after its first checkpoint.
-KILL_AFTER_CHECKPOINT = Path(__file__).parent / "hooks" / "kill_after_checkpoint"
+HOOKS = Path(__file__).parent / "hooks"
+
+
+def _hook(name: str, **env: str) -> dict[str, str]:
+    """The environment that loads tests/hooks/<name>/sitecustomize.py into every job."""
+    path = os.pathsep.join([str(HOOKS / name), os.environ.get("PYTHONPATH", "")])
+    return {"PYTHONPATH": path, **env}
+
 
 pytestmark = pytest.mark.workflow
 
@@ -239,11 +245,7 @@ def test_a_killed_finetune_resumes_to_the_metrics_of_an_uninterrupted_run(finish
         workdir,
         target,
         check=False,
-        env={
-            "PYTHONPATH": os.pathsep.join(
-                [str(KILL_AFTER_CHECKPOINT), os.environ.get("PYTHONPATH", "")]
-            )
-        },
+        env=_hook("kill_after_checkpoint"),
     )
     assert killed.returncode != 0
     assert "Error in rule finetune" in killed.stdout + killed.stderr
@@ -284,7 +286,12 @@ def test_a_killed_extraction_leaves_no_partial_cache_and_recovers(finished, tmp_
     probe.unlink()
 
     # Killed with the cache complete under its temporary name, just before the rename.
-    killed = _run(workdir, probe_rel, check=False, env={KILL_BEFORE_RENAME_ENV: cache_rel})
+    killed = _run(
+        workdir,
+        probe_rel,
+        check=False,
+        env=_hook("kill_before_rename", KILL_BEFORE_RENAME=cache_rel),
+    )
     assert killed.returncode != 0
     assert "Error in rule extract" in killed.stdout + killed.stderr
     assert not cache.exists()  # no reader ever sees a half-made cache
@@ -308,7 +315,12 @@ def test_a_killed_probe_leaves_no_table_and_recovers(finished, tmp_path):
     reference = _table(probe)
     probe.unlink()
 
-    killed = _run(workdir, probe_rel, check=False, env={KILL_BEFORE_RENAME_ENV: probe_rel})
+    killed = _run(
+        workdir,
+        probe_rel,
+        check=False,
+        env=_hook("kill_before_rename", KILL_BEFORE_RENAME=probe_rel),
+    )
     assert killed.returncode != 0
     assert "Error in rule probe" in killed.stdout + killed.stderr
     assert not probe.exists()
