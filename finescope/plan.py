@@ -21,9 +21,9 @@ from pathlib import Path
 import yaml
 
 from finescope.errors import FinescopeError
+from finescope.settings import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "schemas" / "config.schema.yaml"
 
 # Built-in facts of the study's known models, used when resources/models/<name>/config.json is
 # absent: (transformer blocks, width, attention heads, parameters, encoder?).

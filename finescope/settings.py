@@ -35,9 +35,8 @@ def tasks() -> tuple[str, ...]:
     return tuple(_schema()["properties"]["tasks"]["properties"])
 
 
-def schema() -> dict:
-    """A copy of the config schema."""
-    return copy.deepcopy(_schema())
+# Marks a schema node without a default (None is a real default, e.g. tracking.uri).
+_NONE = object()
 
 
 def _defaults(node: dict) -> Any:
@@ -50,9 +49,6 @@ def _defaults(node: dict) -> Any:
     if children:
         return children
     return node.get("default", _NONE)
-
-
-_NONE = object()
 
 
 def defaults(block: str) -> dict:

@@ -10,11 +10,10 @@ import yaml
 from snakemake.utils import validate
 
 from finescope import analysis, compare, extract, finetune, probe, probe_pool, tracking
-from finescope.settings import defaults
+from finescope.settings import SCHEMA, defaults
 from finescope.workflow import RUN_DEFAULTS, Grid
 from tests.workflow_utils import ROOT
 
-SCHEMA = str(ROOT / "schemas" / "config.schema.yaml")
 BLOCKS = ("finetune", "extract", "probe", "compare", "analysis", "probe_pool", "tracking")
 
 
@@ -28,7 +27,7 @@ def empty_blocks() -> dict:
     for model in config["models"].values():
         model.pop("finetune", None)
         model.pop("extract", None)
-    validate(config, SCHEMA)
+    validate(config, str(SCHEMA))
     return config
 
 
