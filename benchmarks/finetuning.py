@@ -20,7 +20,7 @@ def _study_batches(tokenizer, items, labels, model) -> list[dict]:
         items,
         labels,
         MAX_LENGTH,
-        token_type_ids=finetune._uses_token_type_ids(model),
+        token_type_ids=finetune.uses_token_type_ids(model),
     )
     longest = max(enc.lengths)
     batches = []

@@ -55,12 +55,13 @@ from finescope.errors import FinescopeError
 from finescope.finetune import effective_max_length, uses_token_type_ids
 from finescope.io import atomic_path, write_json
 from finescope.models import (
-    encode_pairs,
+    encode_item_pairs,
     encode_words,
     is_decoder,
     load_model,
     load_tokenizer,
     pair_template,
+    real_token_positions,
     word_index,
 )
 from finescope.progress import Progress
@@ -206,13 +207,8 @@ def _encode_texts(tokenizer, texts: list[str], max_length: int):
 
 def _plan_pairs(tokenizer, items, max_length, n_attention, *, decoder, token_type_ids):
     """One joint sequence per item; views cls (0), premise (1), hypothesis (2)."""
-    pairs = encode_pairs(
-        tokenizer,
-        [item["premise"] for item in items],
-        [item["hypothesis"] for item in items],
-        max_length,
-        decoder=decoder,
-        token_type_ids=token_type_ids,
+    pairs = encode_item_pairs(
+        tokenizer, items, max_length, decoder=decoder, token_type_ids=token_type_ids
     )
     sequences = []
     for i, pair in enumerate(pairs):
@@ -350,7 +346,7 @@ def _collate(batch: list[_Sequence], pad_id: int, left: bool, device):
     if types is not None:
         inputs["token_type_ids"] = types.to(device)
     if left:
-        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        inputs["position_ids"] = real_token_positions(mask).to(device)
     return inputs, starts, width
 
 

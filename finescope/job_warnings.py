@@ -81,7 +81,9 @@ def _finescope_raiser() -> str | None:
         frame = frame.f_back
     if frame is None or not _in_package(frame.f_code.co_filename):
         return None
-    return f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
+    # Relative to the package (``data/splits.py:120``): module names repeat across subpackages.
+    where = Path(frame.f_code.co_filename).resolve().relative_to(PACKAGE_DIR)
+    return f"{where.as_posix()}:{frame.f_lineno}"
 
 
 class Recorder(logging.Handler):

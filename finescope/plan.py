@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from finescope.errors import FinescopeError
+from finescope.io import read_jsonl
 from finescope.settings import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,10 +145,6 @@ def model_facts(name: str, entry: dict, root: Path) -> ModelFacts:
     )
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def prepared_data(config: dict, task: str, root: Path) -> Path | None:
     """``results/data/<task>`` when it was prepared from this config's settings, else None:
     a folder left by another config (the embedded default, say) must not size this one."""
@@ -174,7 +171,7 @@ def split_items(config: dict, task: str, split: str, root: Path) -> list[dict] |
     folder = prepared_data(config, task, root)
     path = folder / f"{split}.jsonl" if folder else None
     if path is not None and path.is_file():
-        return probe_items(_read_jsonl(path), cap, extract["seed"])
+        return probe_items(read_jsonl(path), cap, extract["seed"])
     if split == "probe":
         return int(config["probe_pool"]["size"])
     data = config["tasks"][task]["data"]
@@ -389,7 +386,7 @@ def plan(config: dict, root: Path = ROOT, throughput: dict | None = None, jobs: 
         folder = prepared_data(config, task, root)
         path = folder / "train.jsonl" if folder else None
         if path is not None and path.is_file():
-            n = len(_read_jsonl(path))
+            n = len(read_jsonl(path))
         elif data["source"] == "synthetic":
             n = int(data["train"]) - int(config["probe_pool"]["size"])
         else:

@@ -167,6 +167,7 @@ def subsample(task: str, train_path: str, fraction: int, seed: int, out_path: st
 
 def finetune(
     task: str,
+    point: dict,
     model_dir: str,
     labels_path: str,
     subset_path: str,
@@ -196,9 +197,6 @@ def finetune(
     from finescope import tracking as track
 
     if track.enabled(tracking):
-        # ``<task>/<model>/f<fraction>/s<seed>/model``
-        task_, model, fraction, seed = Path(model_out).parts[-5:-1]
-        point = {"task": task_, "model": model, "fraction": fraction[1:], "seed": int(seed[1:])}
         curve = Path(model_out).parent / "curve.csv"
         from finescope.finetune import resolve_settings
 
@@ -328,26 +326,21 @@ def write_csv(table: pd.DataFrame, path: str | Path) -> None:
 
 def data_table(labels_paths: list[str], subset_paths: list[str], out_csv: str) -> None:
     from finescope.data import data_report
+    from finescope.subsample import read_subset
 
     frames = []
     for labels in labels_paths:
         data_dir = Path(labels).parent
         task = data_dir.name
-        subsets = [Path(p) for p in subset_paths if Path(p).parts[-3] == task]
+        # Each subset file names its task.
+        subsets = [Path(p) for p in subset_paths if read_subset(p)["task"] == task]
         frames.append(data_report(task, data_dir, subsets))
     write_csv(pd.concat(frames, ignore_index=True), out_csv)
 
 
-def _point_from_path(path: str, root: str) -> dict:
-    """``<root>/<task>/<model>/f<fraction>/s<seed>[...]`` back to its grid point."""
-    parts = Path(path).parts
-    i = parts.index(root)
-    task, model, fraction, seed = parts[i + 1 : i + 5]
-    return {"task": task, "model": model, "fraction": fraction[1:], "seed": int(seed[1:])}
-
-
 def tables(
     metrics_paths: list[str],
+    points: list[dict],
     probe_paths: list[str],
     change_paths: list[str],
     facts_paths: list[str],
@@ -355,14 +348,16 @@ def tables(
     entity_f1: str,
     outputs: dict,
 ) -> None:
-    """Collect every job's numbers into the tidy tables of the run."""
+    """Collect every job's numbers into the tidy tables of the run; ``points[i]`` is the grid
+    point of ``metrics_paths[i]``."""
     from finescope.analysis import collect_downstream, downstream_table, read_tables, tidy_measures
 
     meta = {name: dict(m) for name, m in model_meta.items()}
     for facts_path in facts_paths:
         meta[Path(facts_path).stem]["n_layers"] = io.read_json(facts_path)["n_layers"]
     records = [
-        {**_point_from_path(p, "finetune"), "metrics": io.read_json(p)} for p in metrics_paths
+        {**point, "metrics": io.read_json(p)}
+        for p, point in zip(metrics_paths, points, strict=True)
     ]
     downstream = collect_downstream(records, meta, entity_f1=entity_f1)
     probing = read_tables(probe_paths)
@@ -398,17 +393,20 @@ def figures(
     out_dir: str | Path,
     curve_paths: list[str] = (),
     metrics_paths: list[str] = (),
+    points: list[dict] = (),
     attention_pairs: list[tuple[str, str]] = (),
+    attention_points: list[dict] = (),
     tracking: dict | None = None,
     grid: dict | None = None,
 ) -> None:
-    """Every figure; ``attention_pairs`` are (pre-trained, fine-tuned) test caches of the
-    attention example. With tracking on, the analysis run is logged here too."""
+    """Every figure. ``points[i]`` is the grid point of ``curve_paths[i]`` and
+    ``metrics_paths[i]``; ``attention_pairs`` are (pre-trained, fine-tuned) test caches of the
+    attention example, at ``attention_points``. With tracking on, the analysis run is logged
+    here too."""
     from finescope import figures as fg
 
     examples = {}
-    for pre, ft in attention_pairs:
-        point = fg._job_point(ft)  # .../<task>/<model>/f<fraction>/s<seed>/test
+    for (pre, ft), point in zip(attention_pairs, attention_points, strict=True):
         key = (point["task"], point["model"], point["fraction"])
         examples[key] = fg.attention_example(pre, ft)
     tidy = pd.read_parquet(measures_path)
@@ -417,8 +415,8 @@ def figures(
         tidy,
         correlations,
         out_dir,
-        curves=fg.read_curves(curve_paths),
-        predictions=fg.read_predictions(metrics_paths),
+        curves=fg.read_curves(curve_paths, points),
+        predictions=fg.read_predictions(metrics_paths, points),
         attention=examples,
     )
     log.info("figures: %s", {name: [str(p) for p in paths] for name, paths in written.items()})

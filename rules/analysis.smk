@@ -63,6 +63,7 @@ rule tables:
     conda:
         "../envs/analysis.yaml"
     params:
+        points=TRAINING_POINTS,
         model_meta=GRID.model_meta(),
         entity_f1=config["analysis"]["entity_f1"],
     script:
@@ -114,6 +115,16 @@ rule figures:
     conda:
         "../envs/analysis.yaml"
     params:
+        points=TRAINING_POINTS,
+        attention_points=(
+            [
+                {"task": t, "model": m, "fraction": str(max(GRID.trained_fractions))}
+                for t in TASKS
+                for m in MODELS
+            ]
+            if GRID.trained_fractions
+            else []
+        ),
         grid=GRID.description(),
         config=config,
     script:

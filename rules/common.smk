@@ -94,6 +94,17 @@ def grid_paths(pattern, points):
     ]
 
 
+def grid_points(points):
+    """The grid points of ``grid_paths(pattern, points)``, in the same order (jobs get their
+    points from here, never from the paths)."""
+    return [
+        {"task": t, "model": m, "fraction": str(f), "seed": int(s)}
+        for t in TASKS
+        for m in MODELS
+        for f, s in points
+    ]
+
+
 METRICS = grid_paths(
     "results/finetune/{task}/{model}/f{fraction}/s{seed}/metrics.json",
     GRID.training_points(),
@@ -101,6 +112,7 @@ METRICS = grid_paths(
 PROBES = grid_paths(
     "results/probe/{task}/{model}/f{fraction}/s{seed}.csv", GRID.internal_points()
 )
+TRAINING_POINTS = grid_points(GRID.training_points())
 CHANGES = grid_paths(
     "results/change/{task}/{model}/f{fraction}/s{seed}.csv", GRID.training_points()
 )

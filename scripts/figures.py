@@ -10,9 +10,11 @@ with stages.logged(snakemake.log[0]):
         Path(snakemake.output.png[0]).parent,
         curve_paths=snakemake.input.curves,
         metrics_paths=snakemake.input.metrics,
+        points=snakemake.params.points,
         attention_pairs=list(
             zip(snakemake.input.pre_caches, snakemake.input.ft_caches, strict=True)
         ),
+        attention_points=snakemake.params.attention_points,
         # Read from the config, not params: turning tracking on re-runs no job.
         tracking=snakemake.config.get("tracking"),
         grid=snakemake.params.grid,

@@ -5,6 +5,7 @@ with stages.logged(
 ):
     stages.finetune(
         snakemake.wildcards.task,
+        {**dict(snakemake.wildcards.items()), "seed": int(snakemake.wildcards.seed)},
         snakemake.input.model,
         snakemake.input.labels,
         snakemake.input.subset,

@@ -11,6 +11,7 @@ model_meta = {
 with stages.logged(snakemake.log[0]):
     stages.tables(
         snakemake.input.metrics,
+        snakemake.params.points,
         snakemake.input.probes,
         snakemake.input.changes,
         snakemake.input.facts,

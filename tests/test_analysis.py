@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from finescope import analysis
+from finescope.analysis import stats as analysis_stats
 from finescope.errors import FinescopeError
 
 META = {
@@ -564,7 +565,7 @@ def test_cluster_bootstrap_resamples_seeds_within_cells():
     rng = np.random.default_rng(8)
     codes = np.repeat([0, 1, 2, 3], 3)
     cells = analysis.Cells(codes)
-    weights = analysis._stratified_weights(cells, 400, rng)
+    weights = analysis_stats._stratified_weights(cells, 400, rng)
     # Every resample keeps three seeds in every cell and never moves a point across cells.
     per_cell = weights.reshape(400, 4, 3).sum(axis=2)
     assert np.all(per_cell == 3)
@@ -572,7 +573,7 @@ def test_cluster_bootstrap_resamples_seeds_within_cells():
     x = np.round(rng.normal(size=12), 1)
     y = np.round(x + rng.normal(size=12), 1)
     for method in analysis.METHODS:
-        got = analysis._bootstrap_sorted(x, y, cells, method, 0, rng, weights[:25])
+        got = analysis_stats._bootstrap_sorted(x, y, cells, method, 0, rng, weights[:25])
         for b in range(25):
             idx = np.repeat(np.arange(12), weights[b].astype(int))
             sample = analysis.Cells(codes[idx])

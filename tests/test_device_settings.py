@@ -146,7 +146,7 @@ def test_every_stage_resolves_its_device_with_the_one_resolver():
 
     from finescope import extract, finetune, torch_probe
 
-    assert finetune.resolve_device is resolve_device
+    assert finetune.train.resolve_device is resolve_device
     assert extract.resolve_device is resolve_device
     assert torch_probe.resolve_device is resolve_device
     probe = torch_probe.TorchLogisticRegression(device="mps")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import finescope.finetune as ft
+import finescope.finetune.batches as ft_batches
 from finescope import cache, extract
 from finescope.cache import Cache
 from finescope.errors import FinescopeError
@@ -275,7 +276,7 @@ def _head_logits(model_dir, items):
         token_type_ids=ft.uses_token_type_ids(model),
         decoder=is_decoder(model.config),
     )
-    batch = ft.make_collator("nli", tokenizer, position_ids=ft._uses_position_ids(model))(
+    batch = ft.make_collator("nli", tokenizer, position_ids=ft_batches._uses_position_ids(model))(
         enc.features
     )
     batch.pop("labels")
@@ -378,7 +379,7 @@ def test_pair_encoding_is_the_same_in_finetuning_and_extraction(arch, nli_items,
         meta = run_extract("nli", model_dir, nli_items, tmp_path / "c", {"batch_size": 5})
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, "nli", NLI_LABELS)
-    enc = ft._encode_for(
+    enc = ft_batches._encode_for(
         model, tokenizer, "nli", nli_items, NLI_LABELS, ft.resolve_settings({}), "x"
     )
     expected = [tuple(f["input_ids"]) for f in enc.features]

@@ -184,10 +184,10 @@ def _job(root, task, model, fraction, seed):
 
 
 def test_learning_curves_from_curve_files(tmp_path):
-    from finescope.finetune import _write_curve
+    from finescope.finetune.train import _write_curve
 
     rng = np.random.default_rng(1)
-    paths = []
+    paths, points = [], []
     for fraction, steps in ((50, 6), (100, 12)):
         for seed in (0, 1):
             rows = [
@@ -204,7 +204,8 @@ def test_learning_curves_from_curve_files(tmp_path):
             path = _job(tmp_path, "nli", "enc", fraction, seed) / "curve.csv"
             _write_curve(path, rows)
             paths.append(path)
-    curves = figures.read_curves(paths)
+            points.append({"task": "nli", "model": "enc", "fraction": str(fraction), "seed": seed})
+    curves = figures.read_curves(paths, points)
     assert len(curves) == 2 * (6 + 12)
     assert set(curves["fraction"]) == {"50", "100"} and set(curves["seed"]) == {0, 1}
     assert curves["dev_score"].notna().sum() == 8  # two epochs per run
@@ -222,20 +223,22 @@ def test_confusion_from_stored_test_predictions(tmp_path):
     labels = ["contradiction", "entailment", "neutral"]
     nli = [{"id": f"p{i}", "label": labels[i % 3]} for i in range(9)]
     ner = [{"id": "s0", "tags": ["B-protein", "I-protein", "O"]}, {"id": "s1", "tags": ["O"]}]
-    paths = []
+    paths, points = [], []
     for fraction in (50, 100):
         predicted = [labels[(i + (i % 2)) % 3] for i in range(9)]
         metrics = nli_metrics([i["label"] for i in nli], predicted, labels)
         path = _job(tmp_path, "nli", "enc", fraction, 0) / "metrics.json"
         write_json(path, metrics | {"test_predictions": predictions_record("nli", nli, predicted)})
         paths.append(path)
+        points.append({"task": "nli", "model": "enc", "fraction": str(fraction), "seed": 0})
     tags = [["B-protein", "B-protein", "O"], ["O"]]
     metrics = ner_metrics([i["tags"] for i in ner], tags)
     path = _job(tmp_path, "ner", "enc", 100, 0) / "metrics.json"
     write_json(path, metrics | {"test_predictions": predictions_record("ner", ner, tags)})
     paths.append(path)
+    points.append({"task": "ner", "model": "enc", "fraction": "100", "seed": 0})
 
-    table = figures.read_predictions(paths)
+    table = figures.read_predictions(paths, points)
     assert len(table) == 2 * 9 + 4  # NLI items, NER words
     ner_rows = table[table["task"] == "ner"]
     assert ner_rows["predicted"].tolist() == ["B-protein", "B-protein", "O", "O"]

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import finescope.finetune as ft
+import finescope.finetune.batches as ft_batches
 from finescope.errors import FinescopeError
 from finescope.io import read_json, read_jsonl, write_json, write_jsonl
 from finescope.metrics import ner_metrics, nli_metrics
@@ -397,7 +398,7 @@ def test_decoder_gives_same_logits_with_left_and_right_padding(arch, task, toy_d
     items = train[:8]
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, task, labels, seed=0).eval()
-    assert ft._uses_position_ids(model)
+    assert ft_batches._uses_position_ids(model)
     enc = ft.encode_items(task, tokenizer, items, labels, 64, decoder=True)
     assert len(set(enc.lengths)) > 1
     # The decoders pad with the end-of-text token; it only occurs as the NLI pair separator,
@@ -434,7 +435,7 @@ def test_nli_pairs_are_one_sequence_from_the_shared_pair_encoding(arch, toy_data
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, "nli", labels, seed=0)
     s = ft.resolve_settings({})
-    enc = ft._encode_for(model, tokenizer, "nli", items, labels, s, "train")
+    enc = ft_batches._encode_for(model, tokenizer, "nli", items, labels, s, "train")
     decoder = arch != "bert"
     pairs = encode_pairs(
         tokenizer,

@@ -15,12 +15,12 @@ from transformers.utils import import_utils
 from finescope.errors import FinescopeError
 from finescope.models import (
     TOKENIZER_PACKAGES,
-    _missing_package_error,
     encode_words,
     load_tokenizer,
     materialize_model,
     word_index,
 )
+from finescope.models.loading import _missing_package_error
 
 # repo id -> (model type, decoder)
 KINDS = {

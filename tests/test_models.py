@@ -12,7 +12,6 @@ import transformers
 
 from finescope.errors import FinescopeError
 from finescope.models import (
-    _longest_first,
     classification_position,
     encode_pairs,
     is_decoder,
@@ -22,6 +21,7 @@ from finescope.models import (
     pair_template,
     resolve_model_ref,
 )
+from finescope.models.encoding import _longest_first
 
 
 def test_local_folder_and_hub_id_resolve(tiny_bert_dir):

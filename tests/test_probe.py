@@ -864,7 +864,7 @@ def test_ner_entity_measures_by_hand():
     assert got == pytest.approx({"accuracy": 3 / 5, "macro_f1": 2 / 3, "entity_accuracy": 2 / 3})
     assert set(score_predictions("nli", y, pred)) == {"accuracy", "macro_f1"}
 
-    from finescope.probe import _Split
+    from finescope.probe.features import _Split
 
     split = _Split(
         rows=np.arange(5), labels=np.asarray(y), groups=np.zeros(5), keys=None,

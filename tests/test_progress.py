@@ -82,6 +82,7 @@ def test_a_finetune_job_reports_progress_to_its_log_and_two_lines_to_the_console
     with stages.logged(log, threads=1):
         stages.finetune(
             "nli",
+            {"task": "nli", "model": "bert", "fraction": "100", "seed": 1},
             str(tiny_bert_dir),
             str(data / "labels.json"),
             str(subset),

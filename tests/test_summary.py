@@ -345,6 +345,6 @@ def test_an_ignored_checkpoint_and_skipped_rows_reach_the_record(tmp_path):
         "step-000000004 is unreadable" in ignored["message"] and "ignoring it" in ignored["message"]
     )
     skipped = records["prepare_data/ner"]
-    assert skipped["kind"] == "warning" and skipped["source"].startswith("data.py:")
+    assert skipped["kind"] == "warning" and skipped["source"].startswith("data/splits.py:")
     assert skipped["message"].startswith("tasks.ner.data.on_bad_rows is skip: 1 bad row(s)")
     assert f"missing token or tag: 1 (e.g. {corpus}:" in skipped["message"]

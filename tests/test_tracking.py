@@ -37,6 +37,7 @@ def _finetune_job(tmp_path, tiny_bert_dir, settings, tracking_block):
     job = tmp_path / "results" / "finetune" / "nli" / "bert" / "f100" / "s1"
     stages.finetune(
         "nli",
+        {"task": "nli", "model": "bert", "fraction": "100", "seed": 1},
         str(tiny_bert_dir),
         str(data / "labels.json"),
         str(subset),

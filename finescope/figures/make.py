@@ -1,0 +1,75 @@
+"""Every figure of a run from its tables, in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from finescope import analysis
+from finescope.figures.change import plot_attention_heatmaps, plot_cka
+from finescope.figures.common import FIGURES, model_palette
+from finescope.figures.correlations import plot_correlation_heatmap, plot_top_scatter
+from finescope.figures.finetuning import plot_confusion, plot_learning_curves
+from finescope.figures.heatmaps import plot_attention_example, plot_probe_heatmaps
+from finescope.figures.scores import (
+    plot_compression,
+    plot_downstream,
+    plot_probing,
+    plot_selectivity,
+)
+
+
+def make_all_figures(
+    tidy: pd.DataFrame,
+    correlations: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    curves: pd.DataFrame | None = None,
+    predictions: pd.DataFrame | None = None,
+    attention: Mapping[tuple[str, str, str], dict] | None = None,
+) -> dict[str, list[Path]]:
+    """Draw every figure in ``FIGURES`` into ``out_dir``.
+
+    Parameters
+    ----------
+    tidy
+        Output of :func:`finescope.analysis.tidy_measures`.
+    correlations
+        Output of :func:`finescope.analysis.correlate`.
+    out_dir
+        Folder; created if needed.
+    curves, predictions, attention
+        :func:`read_curves`, :func:`read_predictions` and ``{(task, model, fraction):``
+        :func:`attention_example` ``}``; None draws "no data" for those figures.
+
+    Returns
+    -------
+    dict[str, list[pathlib.Path]]
+        ``{name: [out_dir/<name>.png, out_dir/<name>.svg]}`` for every name in ``FIGURES``
+        (always all of them; empty inputs give "no data" images).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tidy = analysis.normalize_tidy(tidy)
+    palette = model_palette(tidy["model"]) if not tidy.empty else {}
+    stem = {name: out_dir / name for name in FIGURES}
+    return {
+        "downstream": plot_downstream(tidy, stem["downstream"], palette),
+        "probing": plot_probing(tidy, stem["probing"]),
+        "probing_depth": plot_probing(tidy, stem["probing_depth"], depth=True, palette=palette),
+        "selectivity": plot_selectivity(tidy, stem["selectivity"]),
+        "compression": plot_compression(tidy, stem["compression"]),
+        "cka": plot_cka(tidy, stem["cka"]),
+        "attention_cosine": plot_attention_heatmaps(
+            tidy, stem["attention_cosine"], "attention_cosine"
+        ),
+        "attention_js": plot_attention_heatmaps(tidy, stem["attention_js"], "attention_js"),
+        "correlations": plot_correlation_heatmap(correlations, stem["correlations"]),
+        "scatter": plot_top_scatter(tidy, correlations, stem["scatter"], palette),
+        "learning_curves": plot_learning_curves(curves, stem["learning_curves"]),
+        "probe_heatmap": plot_probe_heatmaps(tidy, stem["probe_heatmap"]),
+        "confusion": plot_confusion(predictions, stem["confusion"]),
+        "attention_example": plot_attention_example(attention or {}, stem["attention_example"]),
+    }
