@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finescope import io
 from finescope.errors import FinescopeError
 from finescope.io import read_json
 
@@ -172,3 +173,13 @@ class Cache:
         out = np.array(array[start : start + math.prod(shape)], dtype=np.float32).reshape(shape)
         del array
         return out
+
+
+def truncation_counts(*caches: str | Path) -> dict[str, int | None]:
+    """Words (NER) and sequences cut by extract.max_length in hidden-state caches, summed."""
+    metas = [io.read_json(Path(c) / "meta.json") for c in caches]
+    words = [m.get("n_words_lost") for m in metas]
+    return {
+        "words_truncated": sum(words) if all(w is not None for w in words) else None,
+        "sequences_truncated": sum(int(m.get("n_truncated_sequences") or 0) for m in metas),
+    }

@@ -43,9 +43,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from finescope import columns
+from finescope import columns, job
 from finescope.cache import Cache
 from finescope.errors import FinescopeError
+from finescope.io import write_csv
 from finescope.progress import Progress
 from finescope.settings import defaults
 
@@ -321,3 +322,13 @@ def run_compare(
     frame.insert(0, "model", point.get("model"))
     frame.insert(0, "task", point.get("task", pre.task))
     return frame[COLUMNS]
+
+
+def compare_job(pretrained: str, finetuned: str, point: dict, settings: dict, out_csv: str) -> None:
+    """The ``compare`` job: representation and attention change of one grid point."""
+    table = run_compare(Path(pretrained), Path(finetuned), point, settings)
+    write_csv(table, out_csv)
+    cka = table[(table["measure"] == "cka") & (table["head"] == "all")]
+    if len(cka):
+        last = cka.loc[cka["layer"].idxmax()]
+        job.headline(f"CKA {float(last['value']):.3f} at the last layer ({int(last['layer'])})")

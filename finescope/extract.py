@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import transformers
 
+from finescope import io, job
 from finescope.cache import DTYPES, VIEWS, release_pages, to_storage
 from finescope.devices import resolve_device
 from finescope.errors import FinescopeError
@@ -64,6 +65,7 @@ from finescope.models import (
     real_token_positions,
     word_index,
 )
+from finescope.probe_pool import probe_items
 from finescope.progress import Progress
 from finescope.settings import defaults, tasks
 
@@ -577,3 +579,40 @@ def run_extract(
             if k not in ("lengths", "offsets", "tokens")
         }
     return summary
+
+
+def extract_job(task: str, model_dir: str, data_path: str, out_dir: str, settings: dict) -> None:
+    """The ``extract`` job: the hidden-state cache of the (capped) items in ``data_path``."""
+    settings = dict(settings)
+    items = probe_items(
+        io.read_jsonl(data_path), settings.pop("max_items"), settings.pop("item_seed")
+    )
+    info = run_extract(task, model_dir, items, Path(out_dir), settings)
+    job.log.info("extracted %d items: %s", len(items), info)
+    _warn_truncation(task, info)
+    job.headline(f"{len(items)} items x {info.get('n_layers')} layers in {out_dir}")
+
+
+def _warn_truncation(task: str, info: dict) -> None:
+    """A warning (it reaches the summary) when extract.max_length cut the input."""
+    cut = info.get("n_truncated_sequences") or 0
+    if not cut:
+        return
+    if task == "ner":
+        job.log.warning(
+            "extract.max_length=%d cut %d of %d sentences: %d words lost, left out of the "
+            "probes; raise extract.max_length to keep them",
+            info["max_length"],
+            cut,
+            info["n_items"],
+            info.get("n_words_lost") or 0,
+        )
+    else:
+        job.log.warning(
+            "extract.max_length=%d cut %d of %d sequences: the text beyond it is not seen; "
+            "raise extract.max_length to keep it",
+            info["max_length"],
+            cut,
+            # The separate view encodes premise and hypothesis as two sequences.
+            info["n_items"] * (2 if info.get("nli_view") == "separate" else 1),
+        )

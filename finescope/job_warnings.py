@@ -1,6 +1,6 @@
 """Warnings of the workflow's jobs, kept where the summary and the console can find them.
 
-Each job (see :func:`finescope.stages.logged`) writes the warnings that finescope raised while it
+Each job (see :func:`finescope.job.logged`) writes the warnings that finescope raised while it
 ran — ``warnings.warn`` from finescope code and WARNING records of the ``finescope`` loggers — to
 ``<log>.warnings.jsonl`` beside its log (``logs/finetune/nli/bert/f50/s1.log`` ->
 ``logs/finetune/nli/bert/f50/s1.warnings.jsonl``), one JSON object per warning. A job without

@@ -164,7 +164,7 @@ def prepared_data(config: dict, task: str, root: Path) -> Path | None:
 
 def split_items(config: dict, task: str, split: str, root: Path) -> list[dict] | int:
     """The items a cache of ``split`` holds: the prepared list when it exists, else a count."""
-    from finescope.stages import probe_items
+    from finescope.probe_pool import probe_items
 
     extract = config["extract"]
     cap = extract["max_test_items"] if split == "test" else None

@@ -163,3 +163,9 @@ def cap_items(ids: Sequence[str], max_items: int | None, seed: int) -> list[int]
         return list(range(len(ids)))
     chosen = set(random.Random(seed).sample(sorted(ids), max_items))
     return [i for i, item in enumerate(ids) if item in chosen]
+
+
+def probe_items(items: list[dict], max_items: int | None, seed: int) -> list[dict]:
+    """The items probed for a split: a seeded sample by id, the same for every grid point
+    (all of them when ``max_items`` is None)."""
+    return [items[i] for i in cap_items([item["id"] for item in items], max_items, seed)]

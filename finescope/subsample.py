@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
+from finescope import io, job
 from finescope.errors import FinescopeError
 from finescope.io import read_json, write_json
 from finescope.settings import tasks
@@ -309,3 +310,10 @@ def read_subset(path: str | Path) -> dict:
     data["ids"] = [str(i) for i in data["ids"]]
     data.setdefault("n", len(data["ids"]))
     return data
+
+
+def subsample_job(task: str, train_path: str, fraction: int, seed: int, out_path: str) -> None:
+    """The ``subsample`` job: the seeded training subset of one fraction."""
+    ids = subsample_ids(io.read_jsonl(train_path), task, seed, fraction=fraction)
+    job.log.info("%s f%s s%s: %d items", task, fraction, seed, len(ids))
+    write_subset(out_path, ids, task, fraction, seed)

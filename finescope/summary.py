@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from finescope import analysis
+from finescope import analysis, job_warnings
 from finescope.io import atomic_path
 
 SIGNIFICANCE = 0.05
@@ -434,3 +434,23 @@ def write_summary(
     with atomic_path(out_path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return text
+
+
+def summary_job(
+    measures_path: str,
+    correlations_path: str,
+    grid: dict,
+    out_path: str,
+    logs_dir: str | Path = "logs",
+) -> None:
+    """The ``summary`` job: ``results/summary.md`` with the run's warnings."""
+    # Globbed at run time, not rule inputs: the records are side files of the jobs' logs. Jobs
+    # upstream of the tables have finished by now; figures and data_table may still be running.
+    records = job_warnings.collect(logs_dir, grid)
+    write_summary(
+        pd.read_parquet(measures_path),
+        pd.read_csv(correlations_path),
+        grid,
+        out_path,
+        warnings=records,
+    )

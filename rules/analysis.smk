@@ -64,6 +64,7 @@ rule tables:
         "../envs/analysis.yaml"
     params:
         points=TRAINING_POINTS,
+        models=MODELS,
         model_meta=GRID.model_meta(),
         entity_f1=config["analysis"]["entity_f1"],
     script:

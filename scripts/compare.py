@@ -1,7 +1,9 @@
-from finescope import stages
+from finescope import job
 
-with stages.logged(snakemake.log[0], threads=snakemake.threads):
-    stages.compare(
+with job.logged(snakemake.log[0], threads=snakemake.threads):
+    from finescope.compare import compare_job
+
+    compare_job(
         snakemake.input.pretrained,
         snakemake.input.finetuned,
         snakemake.params.point,

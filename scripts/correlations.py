@@ -1,4 +1,6 @@
-from finescope import stages
+from finescope import job
 
-with stages.logged(snakemake.log[0]):
-    stages.correlations(snakemake.input[0], snakemake.params.settings, snakemake.output[0])
+with job.logged(snakemake.log[0]):
+    from finescope.analysis import correlations_job
+
+    correlations_job(snakemake.input[0], snakemake.params.settings, snakemake.output[0])

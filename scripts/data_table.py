@@ -1,4 +1,6 @@
-from finescope import stages
+from finescope import job
 
-with stages.logged(snakemake.log[0]):
-    stages.data_table(snakemake.input.labels, snakemake.input.subsets, snakemake.output[0])
+with job.logged(snakemake.log[0]):
+    from finescope.data import data_table_job
+
+    data_table_job(snakemake.input.labels, snakemake.input.subsets, snakemake.output[0])

@@ -1,9 +1,11 @@
-from finescope import stages
+from finescope import job
 
-with stages.logged(
+with job.logged(
     snakemake.log[0], threads=snakemake.threads, gpus=snakemake.config["resources"]["gpus"]
 ):
-    stages.extract(
+    from finescope.extract import extract_job
+
+    extract_job(
         snakemake.wildcards.task,
         snakemake.input.model,
         snakemake.input.data,

@@ -1,10 +1,12 @@
 from pathlib import Path
 
-from finescope import stages
+from finescope import job
 from finescope.run import write_resolved_config
 
-with stages.logged(snakemake.log[0]):
-    stages.figures(
+with job.logged(snakemake.log[0]):
+    from finescope.figures import figures_job
+
+    figures_job(
         snakemake.input.measures,
         snakemake.input.correlations,
         Path(snakemake.output.png[0]).parent,

@@ -1,9 +1,11 @@
-from finescope import stages
+from finescope import job
 
-with stages.logged(
+with job.logged(
     snakemake.log[0], threads=snakemake.threads, gpus=snakemake.config["resources"]["gpus"]
 ):
-    stages.finetune(
+    from finescope.finetune import finetune_job
+
+    finetune_job(
         snakemake.wildcards.task,
         {**dict(snakemake.wildcards.items()), "seed": int(snakemake.wildcards.seed)},
         snakemake.input.model,

@@ -1,7 +1,9 @@
-from finescope import stages
+from finescope import job
 
-with stages.logged(snakemake.log[0]):
-    stages.prepare_data(
+with job.logged(snakemake.log[0]):
+    from finescope.data import prepare_data_job
+
+    prepare_data_job(
         snakemake.wildcards.task,
         snakemake.params.data,
         snakemake.params.seed,

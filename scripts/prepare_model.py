@@ -1,8 +1,8 @@
 import logging
 
-from finescope import models, stages
+from finescope import job, models
 
-with stages.logged(snakemake.log[0], offline=False):
+with job.logged(snakemake.log[0], offline=False):
     facts = models.prepare_model(
         snakemake.wildcards.model,
         snakemake.params.ref,

@@ -1,7 +1,9 @@
-from finescope import stages
+from finescope import job
 
-with stages.logged(snakemake.log[0], threads=snakemake.threads):
-    stages.probe(
+with job.logged(snakemake.log[0], threads=snakemake.threads):
+    from finescope.probe import probe_job
+
+    probe_job(
         snakemake.input.probe,
         snakemake.input.test,
         snakemake.input.pool,

@@ -1,7 +1,9 @@
-from finescope import stages
+from finescope import job
 
-with stages.logged(snakemake.log[0]):
-    stages.subsample(
+with job.logged(snakemake.log[0]):
+    from finescope.subsample import subsample_job
+
+    subsample_job(
         snakemake.wildcards.task,
         snakemake.input.train,
         int(snakemake.wildcards.fraction),

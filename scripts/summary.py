@@ -1,7 +1,9 @@
-from finescope import stages
+from finescope import job
 
-with stages.logged(snakemake.log[0]):
-    stages.summary(
+with job.logged(snakemake.log[0]):
+    from finescope.summary import summary_job
+
+    summary_job(
         snakemake.input.measures,
         snakemake.input.correlations,
         snakemake.params.grid,

@@ -27,8 +27,8 @@ from finescope.compare import (
 )
 from finescope.errors import FinescopeError
 from finescope.extract import run_extract
+from finescope.io import write_csv
 from finescope.models import load_tokenizer
-from finescope.stages import write_csv
 
 POINT = {"task": "nli", "model": "tiny", "fraction": 50, "seed": 1}
 PAIRS = [
@@ -274,9 +274,10 @@ def test_compare_job_runs_without_torch_or_transformers(cache_pair, tmp_path):
     gives the same table when torch and transformers cannot be imported."""
     out = tmp_path / "compare.csv"
     script = BLOCK_MODELS_EXTRA + (
-        "from finescope import stages\n"
-        f"with stages.logged({str(tmp_path / 'job.log')!r}, threads=1):\n"
-        f"    stages.compare({str(cache_pair[0])!r}, {str(cache_pair[1])!r}, {POINT!r}, "
+        "from finescope import job\n"
+        "from finescope.compare import compare_job\n"
+        f"with job.logged({str(tmp_path / 'job.log')!r}, threads=1):\n"
+        f"    compare_job({str(cache_pair[0])!r}, {str(cache_pair[1])!r}, {POINT!r}, "
         f"{{'cka_max_items': 12}}, {str(out)!r})\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
     )
@@ -297,6 +298,6 @@ def test_analysis_environment_leaves_out_the_models_extra():
     assert not core & extra
     env = (root / "envs" / "analysis.yaml").read_text()
     assert not [name for name in extra if f"- {name}==" in env]
-    modules = "data subsample compare analysis figures summary cache stages job_warnings tracking"
+    modules = "data subsample compare analysis figures summary cache job job_warnings tracking"
     script = BLOCK_MODELS_EXTRA + "".join(f"import finescope.{m}\n" for m in modules.split())
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)

@@ -283,13 +283,13 @@ def test_a_json_config_file_is_left_to_snakemake(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 JOB = """
-from finescope import stages
+from finescope import job
 from finescope import job_warnings
 from finescope import plan as plan_module
 from finescope.errors import FinescopeError
 
-with stages.logged({log!r}):
-    stages.log.info("working")
+with job.logged({log!r}):
+    job.log.info("working")
     raise {error}
 """
 

@@ -137,7 +137,7 @@ def test_slot_ids_from_a_number_or_a_list():
 
 
 def test_the_job_log_names_the_gpu(tmp_path, monkeypatch):
-    from finescope.stages import logged
+    from finescope.job import logged
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

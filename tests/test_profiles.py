@@ -222,7 +222,7 @@ def test_slurm_cpus_are_the_threads_each_job_gives_torch(tmp_path):
             assert job["threads"] == wanted[job["rule"]], job
             seen.add(job["rule"])
     assert seen == set(THREADED_RULES)
-    # The scripts of these rules pass the job's threads on to stages.logged.
+    # The scripts of these rules pass the job's threads on to job.logged.
     for rule in THREADED_RULES:
         call = _logged_call(rule)
         assert _keyword(call, "threads") == "snakemake.threads", rule
@@ -235,7 +235,7 @@ def test_slurm_ci_threads_fit_the_test_cluster():
 
 
 def _logged_call(rule: str):
-    """The ``stages.logged(...)`` call of a rule's script."""
+    """The ``job.logged(...)`` call of a rule's script."""
     import ast
 
     tree = ast.parse((ROOT / "scripts" / f"{rule}.py").read_text())
@@ -289,7 +289,7 @@ def _local_rules() -> set[str]:
 def test_only_local_jobs_may_use_the_network_under_slurm(tmp_path):
     """`HF_HUB_OFFLINE=1 snakemake -n --profile profiles/slurm --configfile config/paper.yaml`
     plans the grid offline; of its jobs, those that may reach the Hub (their script runs
-    stages.logged with offline=False) are exactly the local rules, which run on the login
+    job.logged with offline=False) are exactly the local rules, which run on the login
     node; every submitted job's script sets HF_HUB_OFFLINE=1 itself (offline defaults to
     True), whatever the environment it is started in."""
     result = snakemake(

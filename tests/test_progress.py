@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from finescope import stages
+from finescope import job
+from finescope.finetune import finetune_job
 from finescope.progress import Progress, format_seconds
 from finescope.subsample import write_subset
 from tests.test_finetune import _train_ids, _write_toy
@@ -54,14 +55,14 @@ def test_format_seconds():
 def test_only_long_jobs_announce_themselves(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     quiet = tmp_path / "logs" / "analysis" / "tables.log"
-    with stages.logged(quiet):
+    with job.logged(quiet):
         logging.getLogger("finescope").info("inside")
     assert capsys.readouterr().err == ""
     assert "inside" in quiet.read_text()
 
     loud = tmp_path / "logs" / "extract" / "nli" / "bert" / "f0" / "s0" / "test.log"
-    with stages.logged(loud):
-        stages.headline("12 items x 3 layers")
+    with job.logged(loud):
+        job.headline("12 items x 3 layers")
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"finescope: extract nli/bert/f0/s0/test started (tail -f {loud})"
     assert err[1].startswith("finescope: extract nli/bert/f0/s0/test done in ")
@@ -76,17 +77,17 @@ def test_a_finetune_job_reports_progress_to_its_log_and_two_lines_to_the_console
     data = _write_toy("nli", tmp_path / "data" / "nli")
     subset = tmp_path / "s1.json"
     write_subset(subset, _train_ids(data), "nli", 100, 1)
-    job = tmp_path / "results" / "finetune" / "nli" / "bert" / "f100" / "s1"
+    out = tmp_path / "results" / "finetune" / "nli" / "bert" / "f100" / "s1"
     log = tmp_path / "logs" / "finetune" / "nli" / "bert" / "f100" / "s1.log"
     settings = {"threads": 1, "epochs": 2, "batch_size": 8, "learning_rate": 1e-3}
-    with stages.logged(log, threads=1):
-        stages.finetune(
+    with job.logged(log, threads=1):
+        finetune_job(
             "nli",
             {"task": "nli", "model": "bert", "fraction": "100", "seed": 1},
             str(tiny_bert_dir),
             str(data / "labels.json"),
             str(subset),
-            str(job / "model"),
+            str(out / "model"),
             str(tmp_path / "ckpt"),
             settings,
         )
@@ -112,4 +113,4 @@ def test_a_finetune_job_reports_progress_to_its_log_and_two_lines_to_the_console
     ],
 )
 def test_console_job_names(path, expected):
-    assert stages._console_job(path) == expected
+    assert job._console_job(path) == expected

@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from finescope import analysis, job_warnings, stages, summary
+from finescope import analysis, job, job_warnings, summary
+from finescope.cache import truncation_counts
+from finescope.data import prepare_data_job
+from finescope.extract import extract_job
 
 META = {
     "enc": {"family": "encoder", "domain": "general"},
@@ -219,8 +222,8 @@ def _prepare(tmp_path: Path, dev) -> Path:
     cfg = {"source": "files", "format": "tsv"}
     cfg |= {s: str(corpus / f"{s}.tsv") for s in ("train", "dev", "test")}
     labels = tmp_path / "results" / "data" / "ner" / "labels.json"
-    with stages.logged(tmp_path / "logs" / "prepare_data" / "ner.log"):
-        stages.prepare_data("ner", cfg, 13, None, str(labels))
+    with job.logged(tmp_path / "logs" / "prepare_data" / "ner.log"):
+        prepare_data_job("ner", cfg, 13, None, str(labels))
     return labels.parent
 
 
@@ -241,19 +244,19 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
         "trust_remote_code": False,
         "ner_pooling": "first",
     }
-    with stages.logged(logs / "extract" / "ner" / "bert" / "f0" / "s0" / "test.log"):
-        stages.extract("ner", str(tiny_bert_dir), str(data / "test.jsonl"), str(cache), settings)
+    with job.logged(logs / "extract" / "ner" / "bert" / "f0" / "s0" / "test.log"):
+        extract_job("ner", str(tiny_bert_dir), str(data / "test.jsonl"), str(cache), settings)
     meta = json.loads((cache / "meta.json").read_text())
     lost, cut = meta["n_words_lost"], meta["n_truncated_sequences"]
-    assert lost > 0 and stages.truncation_counts(cache) == {
+    assert lost > 0 and truncation_counts(cache) == {
         "words_truncated": lost,
         "sequences_truncated": cut,
     }
     # A job of a model the grid no longer has: its record is stale and left out.
-    with stages.logged(logs / "extract" / "ner" / "old" / "f0" / "s0" / "test.log"):
-        stages.log.warning("from an earlier grid")
-    with stages.logged(logs / "finetune" / "ner" / "bert" / "f50" / "s7.log"):
-        stages.log.warning("from an earlier grid's seed")
+    with job.logged(logs / "extract" / "ner" / "old" / "f0" / "s0" / "test.log"):
+        job.log.warning("from an earlier grid")
+    with job.logged(logs / "finetune" / "ner" / "bert" / "f50" / "s7.log"):
+        job.log.warning("from an earlier grid's seed")
     logging.captureWarnings(False)
 
     records = job_warnings.collect(logs, RUN_GRID)
@@ -267,7 +270,7 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
     tidy.to_parquet(tmp_path / "measures.parquet")
     corr.to_csv(tmp_path / "correlations.csv", index=False)
     out = tmp_path / "results" / "summary.md"
-    stages.summary(
+    summary.summary_job(
         str(tmp_path / "measures.parquet"),
         str(tmp_path / "correlations.csv"),
         RUN_GRID,
@@ -303,10 +306,10 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
 
 def test_only_finescope_warnings_are_recorded_and_a_clean_job_leaves_no_record(tmp_path):
     log = tmp_path / "logs" / "subsample" / "nli" / "f10" / "s2.log"
-    with stages.logged(log):
+    with job.logged(log):
         warnings.warn("a library's warning", UserWarning, stacklevel=1)  # raised here
         logging.getLogger("other").warning("another library's log")
-        stages.log.info("not a warning")
+        job.log.info("not a warning")
     logging.captureWarnings(False)
     assert not job_warnings.record_path(log).exists()
     assert job_warnings.job_context(log) == {
@@ -326,7 +329,7 @@ def test_an_ignored_checkpoint_and_skipped_rows_reach_the_record(tmp_path):
     store = CheckpointStore(tmp_path / "ckpt", {"model": "bert"})
     (tmp_path / "ckpt" / "step-000000004").mkdir(parents=True)
     (tmp_path / "ckpt" / "step-000000004" / "state.pt").write_bytes(b"not a checkpoint")
-    with stages.logged(logs / "finetune" / "nli" / "bert" / "f50" / "s1.log"):
+    with job.logged(logs / "finetune" / "nli" / "bert" / "f50" / "s1.log"):
         assert store.load(None, None, None, None) is None
 
     corpus = tmp_path / "train.tsv"
@@ -334,8 +337,8 @@ def test_an_ignored_checkpoint_and_skipped_rows_reach_the_record(tmp_path):
     cfg = {"source": "files", "format": "tsv", "on_bad_rows": "skip", "test_fraction": 0.3}
     cfg["train"] = str(corpus)
     labels = tmp_path / "results" / "data" / "ner" / "labels.json"
-    with stages.logged(logs / "prepare_data" / "ner.log"):
-        stages.prepare_data("ner", cfg, 13, None, str(labels))
+    with job.logged(logs / "prepare_data" / "ner.log"):
+        prepare_data_job("ner", cfg, 13, None, str(labels))
     logging.captureWarnings(False)
 
     records = {r["job"]: r for r in job_warnings.collect(logs) if "dev split" not in r["message"]}

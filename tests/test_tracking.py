@@ -9,8 +9,9 @@ import sys
 import pandas as pd
 import pytest
 
-from finescope import stages, tracking
+from finescope import tracking
 from finescope.errors import FinescopeError
+from finescope.finetune import finetune_job
 from finescope.io import read_json
 from finescope.subsample import write_subset
 from tests.test_finetune import _train_ids, _write_toy
@@ -35,7 +36,7 @@ def _finetune_job(tmp_path, tiny_bert_dir, settings, tracking_block):
     subset = tmp_path / "subsets" / "s1.json"
     write_subset(subset, ids, "nli", 100, 1)
     job = tmp_path / "results" / "finetune" / "nli" / "bert" / "f100" / "s1"
-    stages.finetune(
+    finetune_job(
         "nli",
         {"task": "nli", "model": "bert", "fraction": "100", "seed": 1},
         str(tiny_bert_dir),

@@ -102,7 +102,12 @@ each family ``<task>/<scope>`` (both methods, all models, measures and layers of
 its non-underpowered tests.
 """
 
-from finescope.analysis.correlation import correlate, normalize_correlations, scope_points
+from finescope.analysis.correlation import (
+    correlate,
+    correlations_job,
+    normalize_correlations,
+    scope_points,
+)
 from finescope.analysis.downstream import collect_downstream, downstream_table
 from finescope.analysis.features import feature_table, normalize_tidy, pooled_features
 from finescope.analysis.grid import layer_sort_key, normalize_fraction, sorted_fractions
@@ -123,7 +128,7 @@ from finescope.analysis.settings import (
 )
 from finescope.analysis.stats import Cells, bh_adjust, cluster_bootstrap, permutation_test
 from finescope.analysis.summaries import downstream_stats, feature_label, primary_metric
-from finescope.analysis.tidy import read_tables, tidy_measures
+from finescope.analysis.tidy import tables_job, tidy_measures
 
 __all__ = [
     "AGGREGATES",
@@ -144,6 +149,7 @@ __all__ = [
     "cluster_bootstrap",
     "collect_downstream",
     "correlate",
+    "correlations_job",
     "downstream_stats",
     "downstream_table",
     "feature_label",
@@ -155,8 +161,8 @@ __all__ = [
     "permutation_test",
     "pooled_features",
     "primary_metric",
-    "read_tables",
     "scope_points",
     "sorted_fractions",
+    "tables_job",
     "tidy_measures",
 ]

@@ -45,6 +45,7 @@ from finescope.analysis.stats import (
 )
 from finescope.analysis.tidy import _check_columns
 from finescope.errors import FinescopeError
+from finescope.io import write_csv
 
 
 def _test_rows(
@@ -442,3 +443,16 @@ def normalize_correlations(correlations: pd.DataFrame | None) -> pd.DataFrame:
     )
     out["underpowered"] = out["underpowered"].astype(bool)
     return out
+
+
+def correlations_job(measures_path: str, settings: dict, out_csv: str) -> None:
+    """The ``correlations`` job: ``results/tables/correlations.csv``."""
+    tidy = pd.read_parquet(measures_path)
+    table = correlate(
+        tidy,
+        seed=settings["seed"],
+        n_boot=settings["n_boot"],
+        min_n=settings["min_n"],
+        depth_bins=settings["depth_bins"],
+    )
+    write_csv(table, out_csv)

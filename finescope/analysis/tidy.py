@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from finescope.analysis.downstream import _meta_field, collect_downstream
+from finescope import io
+from finescope.analysis.downstream import _meta_field, collect_downstream, downstream_table
 from finescope.analysis.grid import _normalize_head, fraction_sort_key, normalize_fraction
 from finescope.analysis.settings import (
     _DEFAULTS,
@@ -20,6 +21,7 @@ from finescope.analysis.settings import (
     TIDY_COLUMNS,
 )
 from finescope.errors import FinescopeError
+from finescope.io import write_csv
 
 
 def read_tables(paths: Iterable[str | Path]) -> pd.DataFrame:
@@ -216,3 +218,39 @@ def _n_layers(tidy: pd.DataFrame, model_meta: Mapping[str, Mapping[str, Any]]) -
             )
         result[model] = declared
     return result
+
+
+def tables_job(
+    metrics_paths: list[str],
+    points: list[dict],
+    probe_paths: list[str],
+    change_paths: list[str],
+    facts_paths: list[str],
+    models: list[str],
+    model_meta: dict,
+    entity_f1: str,
+    outputs: dict,
+) -> None:
+    """Collect every job's numbers into the tidy tables of the run; ``points[i]`` is the grid
+    point of ``metrics_paths[i]`` and ``facts_paths[i]`` the facts file of ``models[i]`` (its
+    layer count and the revision, hub commit, that was loaded)."""
+    meta = {name: dict(m) for name, m in model_meta.items()}
+    for name, facts_path in zip(models, facts_paths, strict=True):
+        facts = io.read_json(facts_path)
+        meta[name].update(revision=facts.get("revision"), n_layers=facts["n_layers"])
+    records = [
+        {**point, "metrics": io.read_json(p)}
+        for p, point in zip(metrics_paths, points, strict=True)
+    ]
+    downstream = collect_downstream(records, meta, entity_f1=entity_f1)
+    probing = read_tables(probe_paths)
+    change = read_tables(change_paths)
+    tidy = tidy_measures(downstream, probing, change, meta)
+    write_csv(downstream_table(downstream), outputs["downstream"])
+    write_csv(probing, outputs["probing"])
+    write_csv(change, outputs["change"])
+    is_attention = change["measure"].astype(str).str.startswith("attention") if len(change) else []
+    write_csv(change[is_attention] if len(change) else change, outputs["attention"])
+    write_csv(tidy, outputs["measures"])
+    with io.atomic_path(outputs["parquet"]) as tmp:
+        tidy.to_parquet(tmp, index=False)

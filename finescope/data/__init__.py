@@ -7,22 +7,26 @@ Hugging Face dataset), checks every row, normalises NER tags to IOB2, derives mi
 untouched.
 """
 
-from finescope.data.report import data_report
+from finescope.data.report import data_report, data_table_job
 from finescope.data.sources import (
     FETCHED_FILE,
     PARQUET_BRANCH,
+    fetch_data_job,
     fetch_hub_dataset,
     hub_data_dir,
     is_hub_dataset,
 )
-from finescope.data.splits import prepare_task
+from finescope.data.splits import prepare_data_job, prepare_task
 
 __all__ = [
     "FETCHED_FILE",
     "PARQUET_BRANCH",
     "data_report",
+    "data_table_job",
+    "fetch_data_job",
     "fetch_hub_dataset",
     "hub_data_dir",
     "is_hub_dataset",
+    "prepare_data_job",
     "prepare_task",
 ]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from finescope.data.config import PROBE_SPLIT, SPLITS
 from finescope.data.splits import _stats
 from finescope.errors import FinescopeError
-from finescope.io import read_json, read_jsonl
+from finescope.io import read_json, read_jsonl, write_csv
 from finescope.probe_pool import overlap
 from finescope.subsample import read_subset
 
@@ -130,3 +130,17 @@ def data_report(task: str, data_dir: Path, subset_files: Iterable[Path] = ()) ->
     frame["count"] = frame["count"].astype("int64")
     frame["probe_overlap"] = frame["probe_overlap"].astype("Int64")
     return frame
+
+
+def data_table_job(labels_paths: list[str], subset_paths: list[str], out_csv: str) -> None:
+    """The ``data_table`` job: ``results/tables/data.csv`` from the prepared tasks and subsets."""
+    import pandas as pd
+
+    frames = []
+    for labels in labels_paths:
+        data_dir = Path(labels).parent
+        # labels.json and each subset file name their task.
+        task = read_json(labels)["task"]
+        subsets = [Path(p) for p in subset_paths if read_subset(p)["task"] == task]
+        frames.append(data_report(task, data_dir, subsets))
+    write_csv(pd.concat(frames, ignore_index=True), out_csv)

@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from finescope import synthetic
+from finescope import job, synthetic
 from finescope.data.config import (
     NER_COLUMNS,
     NER_FORMATS,
@@ -374,3 +374,9 @@ def _synthetic_items(cfg: _Cfg, seed: int) -> tuple[dict[str, list[dict]], dict[
         for split in SPLITS
     }
     return items, provenance
+
+
+def fetch_data_job(task: str, data_cfg: dict, out_dir: str) -> None:
+    """The local job that downloads a task's hub dataset (the only data job with network)."""
+
+    job.log.info("fetched %s", fetch_hub_dataset(task, data_cfg, out_dir))

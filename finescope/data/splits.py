@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 
-from finescope import synthetic
+from finescope import job, synthetic
 from finescope.data.config import (
     DEFAULT_DEV_FRACTION,
     PROBE_SPLIT,
@@ -341,3 +341,11 @@ def prepare_task(
         meta["skipped_rows"] = cfg.bad_rows.report()
     write_json(out_dir / "labels.json", meta)
     return stats
+
+
+def prepare_data_job(
+    task: str, data_cfg: dict, seed: int, probe_pool: dict, labels_path: str
+) -> None:
+    """The ``prepare_data`` job: split files and ``labels.json`` beside ``labels_path``."""
+    stats = prepare_task(task, data_cfg, Path(labels_path).parent, seed, probe_pool=probe_pool)
+    job.log.info("prepared %s: %s", task, stats)

@@ -36,7 +36,7 @@ from finescope.figures.heatmaps import (
     plot_attention_example,
     plot_probe_heatmaps,
 )
-from finescope.figures.make import make_all_figures
+from finescope.figures.make import figures_job, make_all_figures
 from finescope.figures.scores import plot_downstream
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "RANDOM_COLOR",
     "attention_example",
     "figure_paths",
+    "figures_job",
     "fraction_palette",
     "make_all_figures",
     "model_palette",

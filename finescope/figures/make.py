@@ -7,12 +7,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from finescope import analysis
+from finescope import analysis, job
 from finescope.figures.change import plot_attention_heatmaps, plot_cka
 from finescope.figures.common import FIGURES, model_palette
 from finescope.figures.correlations import plot_correlation_heatmap, plot_top_scatter
-from finescope.figures.finetuning import plot_confusion, plot_learning_curves
-from finescope.figures.heatmaps import plot_attention_example, plot_probe_heatmaps
+from finescope.figures.finetuning import (
+    plot_confusion,
+    plot_learning_curves,
+    read_curves,
+    read_predictions,
+)
+from finescope.figures.heatmaps import (
+    attention_example,
+    plot_attention_example,
+    plot_probe_heatmaps,
+)
 from finescope.figures.scores import (
     plot_compression,
     plot_downstream,
@@ -73,3 +82,43 @@ def make_all_figures(
         "confusion": plot_confusion(predictions, stem["confusion"]),
         "attention_example": plot_attention_example(attention or {}, stem["attention_example"]),
     }
+
+
+def figures_job(
+    measures_path: str,
+    correlations_path: str,
+    out_dir: str | Path,
+    curve_paths: list[str] = (),
+    metrics_paths: list[str] = (),
+    points: list[dict] = (),
+    attention_pairs: list[tuple[str, str]] = (),
+    attention_points: list[dict] = (),
+    tracking: dict | None = None,
+    grid: dict | None = None,
+) -> None:
+    """Every figure. ``points[i]`` is the grid point of ``curve_paths[i]`` and
+    ``metrics_paths[i]``; ``attention_pairs`` are (pre-trained, fine-tuned) test caches of the
+    attention example, at ``attention_points``. With tracking on, the analysis run is logged
+    here too."""
+
+    examples = {}
+    for (pre, ft), point in zip(attention_pairs, attention_points, strict=True):
+        key = (point["task"], point["model"], point["fraction"])
+        examples[key] = attention_example(pre, ft)
+    tidy = pd.read_parquet(measures_path)
+    correlations = pd.read_csv(correlations_path)
+    written = make_all_figures(
+        tidy,
+        correlations,
+        out_dir,
+        curves=read_curves(curve_paths, points),
+        predictions=read_predictions(metrics_paths, points),
+        attention=examples,
+    )
+    job.log.info("figures: %s", {name: [str(p) for p in paths] for name, paths in written.items()})
+    from finescope import tracking as track
+
+    if track.enabled(tracking):
+        downstream = tidy[tidy["source"] == "downstream"]
+        pngs = [paths[0] for paths in written.values()]
+        track.log_analysis_run(tracking, downstream, correlations, grid, pngs)

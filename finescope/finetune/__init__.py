@@ -28,7 +28,13 @@ from finescope.finetune.settings import (
     resolve_precision,
     resolve_settings,
 )
-from finescope.finetune.train import apply_lora, predictions_record, run_finetune, train_loop
+from finescope.finetune.train import (
+    apply_lora,
+    finetune_job,
+    predictions_record,
+    run_finetune,
+    train_loop,
+)
 
 __all__ = [
     "CURVE_COLUMNS",
@@ -40,6 +46,7 @@ __all__ = [
     "encode_items",
     "epoch_batches",
     "evaluate",
+    "finetune_job",
     "load_task_data",
     "make_collator",
     "predictions_record",

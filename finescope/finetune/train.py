@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from finescope import job
 from finescope.devices import resolve_device
 from finescope.errors import FinescopeError
 from finescope.finetune.batches import (
@@ -52,6 +53,7 @@ from finescope.models import (
     load_tokenizer,
 )
 from finescope.progress import Progress
+from finescope.subsample import read_subset
 
 
 def _optimizer(model, s: dict) -> torch.optim.Optimizer:
@@ -442,3 +444,39 @@ def run_finetune(
         device,
     )
     return metrics
+
+
+def finetune_job(
+    task: str,
+    point: dict,
+    model_dir: str,
+    labels_path: str,
+    subset_path: str,
+    model_out: str,
+    checkpoint_dir: str,
+    settings: dict,
+    tracking: dict | None = None,
+) -> None:
+    """The ``finetune`` job: fine-tune, write the model, ``metrics.json`` and ``curve.csv``
+    beside ``model_out``, and log the run when tracking is on."""
+    subset = read_subset(subset_path)
+    ids = subset["ids"] if isinstance(subset, dict) else subset
+    metrics = run_finetune(
+        task,
+        model_dir,
+        Path(labels_path).parent,
+        ids,
+        Path(model_out).parent,
+        checkpoint_dir,
+        settings,
+    )
+    job.log.info("metrics: %s", {k: v for k, v in metrics.items() if k != "test_predictions"})
+    dev = (metrics.get("dev") or {}).get("score")
+    dev_text = f", dev {dev:.3f}" if isinstance(dev, float) else ""
+    job.headline(f"test {metrics['primary']} {metrics['score']:.3f}{dev_text}")
+    from finescope import tracking as track
+
+    if track.enabled(tracking):
+        curve = Path(model_out).parent / "curve.csv"
+
+        track.log_finetune_run(tracking, point, resolve_settings(settings), metrics, curve)

@@ -74,13 +74,14 @@ from finescope.probe.features import (
     sample_item_indices,
 )
 from finescope.probe.mdl import online_codelength
-from finescope.probe.run import control_scores, probe_layer, run_probes, score_predictions
-from finescope.probe.settings import (
-    DEFAULT_SETTINGS,
-    STOP_WORDS,
-    mdl_block_ends,
-    resolve_settings,
+from finescope.probe.run import (
+    control_scores,
+    probe_job,
+    probe_layer,
+    run_probes,
+    score_predictions,
 )
+from finescope.probe.settings import DEFAULT_SETTINGS, STOP_WORDS, mdl_block_ends, resolve_settings
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -95,6 +96,7 @@ __all__ = [
     "merge_ner_tag",
     "online_codelength",
     "open_cache",
+    "probe_job",
     "probe_layer",
     "resolve_features",
     "resolve_settings",

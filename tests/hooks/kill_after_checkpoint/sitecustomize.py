@@ -13,11 +13,12 @@ def _kill_after_first(count: int) -> None:
 
 
 if sys.argv and sys.argv[0].endswith(".finetune.py"):
-    import finescope.finetune
+    import finescope.finetune.train
 
-    _run_finetune = finescope.finetune.run_finetune
+    _run_finetune = finescope.finetune.train.run_finetune
 
     def _killed_run(*args, **kwargs):
         return _run_finetune(*args, on_checkpoint=_kill_after_first, **kwargs)
 
-    finescope.finetune.run_finetune = _killed_run
+    # finetune_job calls run_finetune from its own module.
+    finescope.finetune.train.run_finetune = _killed_run
