@@ -72,14 +72,35 @@ class Run:
         :func:`finescope.figures.read_curves`)."""
         from finescope.figures import read_curves
 
-        return read_curves(sorted(self.results.glob("finetune/*/*/f*/s*/curve.csv")))
+        return read_curves(*self._finetune_files("curve.csv"))
 
     def predictions(self) -> pd.DataFrame:
         """Test predictions of every fine-tuning job, one row per item (NLI) or word (NER)
         (see :func:`finescope.figures.read_predictions`)."""
         from finescope.figures import read_predictions
 
-        return read_predictions(sorted(self.results.glob("finetune/*/*/f*/s*/metrics.json")))
+        return read_predictions(*self._finetune_files("metrics.json"))
+
+    def _finetune_files(self, name: str) -> tuple[list[Path], list[dict]]:
+        """``results/finetune/<point>/<name>`` of every fine-tuned grid point of the downstream
+        table that has one, and those points (the paths are built from the points)."""
+        paths, points = [], []
+        keys = ["task", "model", "fraction", "seed"]
+        for point in self.downstream[keys].drop_duplicates().to_dict("records"):
+            point = {**point, "fraction": str(point["fraction"]), "seed": int(point["seed"])}
+            path = (
+                self.results
+                / "finetune"
+                / point["task"]
+                / point["model"]
+                / f"f{point['fraction']}"
+                / f"s{point['seed']}"
+                / name
+            )
+            if path.is_file():
+                paths.append(path)
+                points.append(point)
+        return paths, points
 
     def probe_scores(self, measure: str = "macro_f1") -> pd.DataFrame:
         """Probe ``measure`` on the test split per task, model, fraction, seed, probe, layer."""
