@@ -1,17 +1,21 @@
 CURVES = [m.replace("metrics.json", "curve.csv") for m in METRICS]
 # The attention example: pre-trained vs the largest fraction's first seed, per task x model.
-ATTENTION_EXAMPLES = (
+ATTENTION_POINTS = (
     [
-        (
-            f"results/cache/{t}/{m}/f0/s0/test",
-            f"results/cache/{t}/{m}/f{max(GRID.trained_fractions)}/s{GRID.seeds[0]}/test",
-        )
+        {"task": t, "model": m, "fraction": str(max(GRID.trained_fractions))}
         for t in TASKS
         for m in MODELS
     ]
     if GRID.trained_fractions
     else []
 )
+ATTENTION_EXAMPLES = [
+    (
+        f"results/cache/{p['task']}/{p['model']}/f0/s0/test",
+        f"results/cache/{p['task']}/{p['model']}/f{p['fraction']}/s{GRID.seeds[0]}/test",
+    )
+    for p in ATTENTION_POINTS
+]
 
 
 rule data_table:
@@ -117,15 +121,7 @@ rule figures:
         "../envs/analysis.yaml"
     params:
         points=TRAINING_POINTS,
-        attention_points=(
-            [
-                {"task": t, "model": m, "fraction": str(max(GRID.trained_fractions))}
-                for t in TASKS
-                for m in MODELS
-            ]
-            if GRID.trained_fractions
-            else []
-        ),
+        attention_points=ATTENTION_POINTS,
         grid=GRID.description(),
         config=config,
     script:

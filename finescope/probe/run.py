@@ -388,8 +388,8 @@ def probe_job(
     out_csv: str,
     n_jobs: int = 1,
 ) -> None:
-    # Layers in parallel, one per thread of the job; the scores do not depend on it.
     """The ``probe`` job: every probe on every layer of one grid point, to ``out_csv``."""
+    # Layers in parallel, one per thread of the job; the scores do not depend on it.
     settings = {**settings, "n_jobs": n_jobs}
     pool = io.read_jsonl(pool_path)
     kwargs: dict = {"dev_ids": [str(i["id"]) for i in pool if i.get("probe_split") == "dev"]}
