@@ -27,7 +27,7 @@ Choices that matter for the study:
   left-to-right decoder should be read at: only there has it seen the whole word), or the
   mean. A word cut by truncation, fully or partly, is left out whatever the pooling.
 - ``max_length`` is capped by the tokenizer's limit and the model's position table, as in
-  fine-tuning (:func:`finescope.finetune.effective_max_length`).
+  fine-tuning (:func:`finescope.models.effective_max_length`).
 - Sequences are padded on the right by default. A real token then sits at the same position as
   without padding, and neither bidirectional attention (masked) nor causal attention (it never
   looks right) can see the pads, so vectors do not depend on the batch. With
@@ -53,9 +53,9 @@ from finescope import io, job
 from finescope.cache import DTYPES, VIEWS, release_pages, to_storage
 from finescope.devices import resolve_device
 from finescope.errors import FinescopeError
-from finescope.finetune import effective_max_length, uses_token_type_ids
 from finescope.io import atomic_path, write_json
 from finescope.models import (
+    effective_max_length,
     encode_item_pairs,
     encode_words,
     is_decoder,
@@ -63,6 +63,7 @@ from finescope.models import (
     load_tokenizer,
     pair_template,
     real_token_positions,
+    uses_token_type_ids,
     word_index,
 )
 from finescope.probe_pool import probe_items

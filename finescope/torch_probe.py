@@ -5,11 +5,20 @@ same in both backends of the linear probe:
 
     sum_i log_loss_i + ||W||^2 / (2 C)        (bias not penalised)
 
-minimised in its scaled form ``mean_i log_loss_i + ||W||^2 / (2 C n)``, as scikit-learn does,
-stopping when the largest absolute gradient entry is below ``tol`` (scipy's ``pgtol``). Two
-classes use one logit vector (scikit-learn's binomial loss), more classes one vector per class
-(its multinomial loss). :func:`fit_logistic` also fits a stack of problems (e.g. every layer of
-a grid point) in one batched solve.
+minimised in its scaled form ``mean_i log_loss_i + ||W||^2 / (2 C n)``, as scikit-learn does.
+Two classes use one logit vector (scikit-learn's binomial loss), more classes one vector per
+class (its multinomial loss). :func:`fit_logistic` also fits a stack of problems (e.g. every
+layer of a grid point) in one batched solve.
+
+Hidden states are strongly correlated even after standardisation, which makes the objective
+ill-conditioned: plain L-BFGS then needs hundreds of iterations, each a pass over X. The solve
+therefore runs in preconditioned coordinates: with the upper Cholesky factor ``U`` of the
+feature covariance plus ``4 l2 I``, ``W = U^-1 Z``, and a bias taken about the feature mean.
+This is an exact, invertible change of variables (the objective and its optimum are
+unchanged); near the optimum its Hessian is about a multiple of the identity, so far fewer
+iterations are needed. It costs one ``X^T X`` and one Cholesky factorisation per problem, and
+no copy of X. The stop is at the largest absolute gradient entry below ``tol`` (scipy's
+``pgtol``), in those coordinates.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ def fit_logistic(
     tol: float = 1e-4,
     init: tuple[Any, Any] | None = None,
     history_size: int = 10,
+    precondition: bool = True,
 ) -> tuple[Any, Any, int]:
     """Fit L2-regularised logistic regression on torch tensors.
 
@@ -57,6 +67,9 @@ def fit_logistic(
         Starting (W, b) (warm start), shapes as returned.
     history_size
         L-BFGS memory (scipy's default is 10).
+    precondition
+        Solve in the whitened coordinates of the module docstring (same optimum, far fewer
+        iterations on correlated features); ``False`` runs L-BFGS on W directly.
 
     Returns
     -------
@@ -70,19 +83,26 @@ def fit_logistic(
         X, codes = X[None], codes[None]
     b, n, d = X.shape
     k = 1 if n_classes == 2 else n_classes
-    if init is None:
-        W = torch.zeros(b, d, k, dtype=X.dtype, device=X.device)
-        bias = torch.zeros(b, k, dtype=X.dtype, device=X.device)
-    else:
-        W = init[0].reshape(b, d, k).clone().to(X)
-        bias = init[1].reshape(b, k).clone().to(X)
-    W.requires_grad_(True)
-    bias.requires_grad_(True)
     l2 = 1.0 / (C * n)
+    # W = U^-1 Z and bias = c - mu @ W: U whitens the features (4 l2: the penalty over the
+    # logistic loss's largest curvature, 1/4), mu centres them.
+    if precondition:
+        U, mu = _whitening(X, 4 * l2)
+    else:
+        U, mu = None, torch.zeros(b, 1, d, dtype=X.dtype, device=X.device)
+    if init is None:
+        Z = torch.zeros(b, d, k, dtype=X.dtype, device=X.device)
+        c = torch.zeros(b, k, dtype=X.dtype, device=X.device)
+    else:
+        W0 = init[0].reshape(b, d, k).to(X)
+        Z = (W0 if U is None else torch.bmm(U, W0)).contiguous()
+        c = init[1].reshape(b, k).to(X) + torch.bmm(mu, W0)[:, 0, :]
+    Z.requires_grad_(True)
+    c.requires_grad_(True)
     if k == 1:
         target = codes.to(X.dtype)
     opt = torch.optim.LBFGS(
-        [W, bias],
+        [Z, c],
         lr=1.0,
         max_iter=max_iter,
         max_eval=max_iter * 5 // 4,
@@ -92,8 +112,13 @@ def fit_logistic(
         line_search_fn="strong_wolfe",
     )
 
+    def weights():
+        W = Z if U is None else torch.linalg.solve_triangular(U, Z, upper=True)
+        return W, c - torch.bmm(mu, W)[:, 0, :]
+
     def closure():
         opt.zero_grad()
+        W, bias = weights()
         logits = _project(X, W) + bias[:, None, :]
         if k == 1:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -123,10 +148,30 @@ def fit_logistic(
         if small:
             torch.set_num_threads(threads)
     n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
-    W, bias = W.detach(), bias.detach()
+    with torch.no_grad():
+        W, bias = (t.detach() for t in weights())
     if not batched:
         W, bias = W[0], bias[0]
     return W, bias, n_iter
+
+
+def _whitening(X: Any, ridge: float) -> tuple[Any, Any]:
+    """``U`` with ``U^T U = cov + ridge I`` (the upper Cholesky factor of each problem's
+    regularised feature covariance, computed in float64) and the feature means; shapes
+    (b, d, d) and (b, 1, d). ``W = U^-1 Z`` whitens: in ``Z`` the quadratic ``W^T (cov +
+    ridge I) W`` is ``|Z|^2``. Cholesky costs a fraction of an eigendecomposition, and the
+    triangular solve for W a fraction of a pass over X."""
+    import torch
+
+    mu = X.mean(dim=1, keepdim=True)
+    n, d = X.shape[1], X.shape[2]
+    # X^T X - n mu^T mu: the covariance without a centred copy of X.
+    gram = torch.bmm(X.transpose(1, 2), X).double()
+    mu64 = mu.double()
+    cov = (gram - n * torch.bmm(mu64.transpose(1, 2), mu64)) / n
+    eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+    U = torch.linalg.cholesky(cov + ridge * eye, upper=True)
+    return U.to(X.dtype), mu
 
 
 def _project(X: Any, W: Any) -> Any:

@@ -276,7 +276,7 @@ def _head_logits(model_dir, items):
         token_type_ids=ft.uses_token_type_ids(model),
         decoder=is_decoder(model.config),
     )
-    batch = ft.make_collator("nli", tokenizer, position_ids=ft_batches._uses_position_ids(model))(
+    batch = ft.make_collator("nli", tokenizer, position_ids=ft_batches.uses_position_ids(model))(
         enc.features
     )
     batch.pop("labels")

@@ -398,7 +398,7 @@ def test_decoder_gives_same_logits_with_left_and_right_padding(arch, task, toy_d
     items = train[:8]
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, task, labels, seed=0).eval()
-    assert ft_batches._uses_position_ids(model)
+    assert ft_batches.uses_position_ids(model)
     enc = ft.encode_items(task, tokenizer, items, labels, 64, decoder=True)
     assert len(set(enc.lengths)) > 1
     # The decoders pad with the end-of-text token; it only occurs as the NLI pair separator,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +15,14 @@ from finescope.errors import FinescopeError
 from finescope.finetune.settings import TASKS, logger, resolve_settings
 from finescope.io import read_json
 from finescope.models import (
+    effective_max_length,
     encode_item_pairs,
     encode_words,
     is_decoder,
     real_token_positions,
+    unwrap,
+    uses_position_ids,
+    uses_token_type_ids,
     word_index,
 )
 
@@ -215,38 +218,6 @@ def encode_items(
     )
 
 
-def _unwrap(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _forward_params(model) -> set[str]:
-    return set(inspect.signature(_unwrap(model).forward).parameters)
-
-
-def uses_token_type_ids(model) -> bool:
-    """Whether ``model`` is given segment ids: encoders whose forward takes them (decoders such
-    as GPT-2 accept them too, but were not trained with them)."""
-    config = _unwrap(model).config
-    return (
-        not is_decoder(config)
-        and "token_type_ids" in _forward_params(model)
-        and getattr(config, "type_vocab_size", 0) > 0
-    )
-
-
-def _uses_position_ids(model) -> bool:
-    # Decoders number positions from the first column, so with left padding the real tokens
-    # would sit at shifted positions; explicit ids make both padding sides give the same result.
-    return is_decoder(_unwrap(model).config) and "position_ids" in _forward_params(model)
-
-
-def _extra_inputs(model) -> dict:
-    params = _forward_params(model)
-    return (
-        {"use_cache": False} if is_decoder(_unwrap(model).config) and "use_cache" in params else {}
-    )
-
-
 def make_collator(task: str, tokenizer, *, position_ids: bool = False) -> Callable:
     """Collator with dynamic padding to the longest sequence of the batch.
 
@@ -281,28 +252,6 @@ def make_collator(task: str, tokenizer, *, position_ids: bool = False) -> Callab
     return collate
 
 
-def effective_max_length(model, tokenizer, max_length: int) -> int:
-    """``max_length`` capped at what the model's position embeddings and tokenizer allow.
-
-    Returns
-    -------
-    int
-        The truncation length in tokens.
-    """
-    config = _unwrap(model).config
-    limits = [max_length]
-    for key in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            limits.append(value)
-    if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
-        limits.append(int(tokenizer.model_max_length))
-    limit = min(limits)
-    if limit < max_length:
-        logger.info("max_length %d capped at %d (model/tokenizer limit)", max_length, limit)
-    return limit
-
-
 def _encode_for(model, tokenizer, task: str, items, labels, s: dict, split: str) -> Encoded:
     """:func:`encode_items` with the settings and model facts of a run; logs truncation."""
     max_length = effective_max_length(model, tokenizer, s["max_length"])
@@ -314,7 +263,7 @@ def _encode_for(model, tokenizer, task: str, items, labels, s: dict, split: str)
         max_length,
         token_type_ids=uses_token_type_ids(model),
         subword=s["ner_subword"],
-        decoder=is_decoder(_unwrap(model).config),
+        decoder=is_decoder(unwrap(model).config),
     )
     if enc.truncated_items:
         if task == "ner":
@@ -406,6 +355,6 @@ def build_batches(
     """
     s = resolve_settings(settings)
     enc = _encode_for(model, tokenizer, task, items, labels, s, "train")
-    collate = make_collator(task, tokenizer, position_ids=_uses_position_ids(model))
+    collate = make_collator(task, tokenizer, position_ids=uses_position_ids(model))
     order = epoch_batches(enc.lengths, s["batch_size"], s["seed"], epoch, s["mega_batch"])
     return [collate([enc.features[i] for i in batch]) for batch in order]

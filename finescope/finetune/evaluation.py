@@ -9,12 +9,11 @@ import torch
 from finescope.finetune.batches import (
     Encoded,
     _encode_for,
-    _extra_inputs,
-    _uses_position_ids,
     make_collator,
 )
 from finescope.finetune.settings import Precision, _oom_error, resolve_precision, resolve_settings
 from finescope.metrics import ner_metrics, nli_metrics
+from finescope.models import extra_inputs, uses_position_ids
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -35,8 +34,8 @@ def _predict(
     precision: Precision,
 ) -> list:
     """Predicted label names (NLI) or tag lists (NER; cut words get "O"), in item order."""
-    collate = make_collator(task, tokenizer, position_ids=_uses_position_ids(model))
-    extra = _extra_inputs(model)
+    collate = make_collator(task, tokenizer, position_ids=uses_position_ids(model))
+    extra = extra_inputs(model)
     device = _model_device(model)
     order = sorted(range(len(enc.features)), key=lambda i: -enc.lengths[i])
     predictions: list = [None] * len(order)

@@ -17,8 +17,6 @@ from finescope.devices import resolve_device
 from finescope.errors import FinescopeError
 from finescope.finetune.batches import (
     _encode_for,
-    _extra_inputs,
-    _uses_position_ids,
     epoch_batches,
     load_task_data,
     make_collator,
@@ -49,8 +47,10 @@ from finescope.finetune.settings import (
 )
 from finescope.io import atomic_path, write_json
 from finescope.models import (
+    extra_inputs,
     load_model,
     load_tokenizer,
+    uses_position_ids,
 )
 from finescope.progress import Progress
 from finescope.subsample import read_subset
@@ -105,8 +105,8 @@ def train_loop(
         raise FinescopeError("no training items: the selected subset is empty")
     select = s["select_on_dev"] and len(dev_items) > 0
     dev = _encode_for(model, tokenizer, task, dev_items, labels, s, "dev") if select else None
-    collate = make_collator(task, tokenizer, position_ids=_uses_position_ids(model))
-    extra = _extra_inputs(model)
+    collate = make_collator(task, tokenizer, position_ids=uses_position_ids(model))
+    extra = extra_inputs(model)
 
     bs, accum, epochs = s["batch_size"], s["gradient_accumulation"], s["epochs"]
     steps_per_epoch = math.ceil(math.ceil(len(train.features) / bs) / accum)

@@ -8,7 +8,7 @@ Every later stage loads from a plain Hugging Face folder written by :func:`mater
 tokenises the same with a plain ``AutoTokenizer.from_pretrained`` as with :func:`load_tokenizer`.
 
 ``loading`` finds and loads; ``encoding`` turns words and sentence pairs into model inputs with
-the word index every stage uses.
+the word index every stage uses; ``inputs`` says what a loaded model's forward takes.
 """
 
 from finescope.models.encoding import (
@@ -19,6 +19,14 @@ from finescope.models.encoding import (
     pair_template,
     real_token_positions,
     word_index,
+)
+from finescope.models.inputs import (
+    effective_max_length,
+    extra_inputs,
+    forward_params,
+    unwrap,
+    uses_position_ids,
+    uses_token_type_ids,
 )
 from finescope.models.loading import (
     TOKENIZER_PACKAGES,
@@ -33,9 +41,12 @@ from finescope.models.loading import (
 __all__ = [
     "TOKENIZER_PACKAGES",
     "classification_position",
+    "effective_max_length",
     "encode_item_pairs",
     "encode_pairs",
     "encode_words",
+    "extra_inputs",
+    "forward_params",
     "is_decoder",
     "load_model",
     "load_tokenizer",
@@ -44,5 +55,8 @@ __all__ = [
     "prepare_model",
     "real_token_positions",
     "resolve_model_ref",
+    "unwrap",
+    "uses_position_ids",
+    "uses_token_type_ids",
     "word_index",
 ]
