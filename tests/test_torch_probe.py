@@ -173,3 +173,12 @@ def test_preconditioned_solve_reaches_sklearns_optimum_where_plain_lbfgs_stalls(
     # The same objective without the change of variables: 1,000 iterations fall short.
     assert _objective(W0.T.numpy(), b0.numpy(), X, y, 1.0) > f_ref * (1 + 1e-7)
     assert n_iter * 10 < plain_iter, (n_iter, plain_iter)
+
+
+def test_whitening_is_used_where_it_saves_time_and_skipped_where_it_does_not():
+    from finescope.torch_probe import _whitening_pays
+
+    assert _whitening_pays(50_000, 1_024, 6)  # study-sized NER layer
+    assert _whitening_pays(2_000, 576, 6)  # the default's NER probe-train words
+    assert not _whitening_pays(90, 4 * 576, 3)  # NLI pair features of 90 items
+    assert not _whitening_pays(20, 576, 6)  # a first online-code block
