@@ -52,7 +52,7 @@ NPY_HEADER = 128
 DTYPE_BYTES = {"float16": 2, "float32": 4}
 # Throughputs when there is no bench.json: this machine's figures in BENCHMARKS.md.
 DEFAULT_THROUGHPUT = {
-    "source": "built-in (BENCHMARKS.md, 2 cores AMD EPYC, 2026-12-01)",
+    "source": "built-in (BENCHMARKS.md, 2 cores AMD EPYC, 2026-12-01; probe 2026-12-03)",
     # Forward FLOP/s of extraction: MiniLM 2,885 tok/s x 2 x 10.6 M non-embedding parameters.
     "cpu_forward_flops": 6.1e10,
     # Training (forward + backward) FLOP/s: MiniLM 19.85 sentences/s of ~40 tokens.
@@ -61,10 +61,10 @@ DEFAULT_THROUGHPUT = {
     "gpu_forward_flops": 3.0e13,
     "gpu_train_flops": 1.5e13,
     # Linear probe fit seconds per (row x feature) on 2 CPU threads, each backend at its
-    # largest measured fit (BENCHMARKS.md, width 1,024 x 50,000 words: torch 52.3 s,
-    # scikit-learn 85.7 s). Fit time grows faster than n x d, so smaller fits cost less.
-    "probe_torch_s_per_row_dim": 1.02e-6,
-    "probe_sklearn_s_per_row_dim": 1.67e-6,
+    # largest measured fit (BENCHMARKS.md, width 1,024 x 50,000 words: torch 11.4 s,
+    # scikit-learn 78.1 s, 2026-12-03). Fit time grows about as n x d there.
+    "probe_torch_s_per_row_dim": 2.23e-7,
+    "probe_sklearn_s_per_row_dim": 1.53e-6,
 }
 
 
