@@ -146,37 +146,41 @@ def render(results: dict) -> str:
         f"(target ≤ 1, at most linear: {_met(d['growth_per_job'] <= 1.1)}); no-op re-run "
         f"under 5 s: {_met(d['noop_rerun_s'] < 5)}.",
     ]
-    e = results.get("end_to_end")
-    lines += ["", "## End to end (the embedded default, `make run`)", ""]
-    if e is None:
-        lines.append("No `benchmarks/` files: run `make run` first to fill this section.")
-    else:
-        lines += [
-            f"From the rule benchmark files of the last `make run` ({e['when']}), summed per "
-            "stage (jobs ran two at a time where cores allowed, so the sum exceeds wall time):",
-            "",
-            "| stage | jobs | seconds | peak RSS MB |",
-            "|---|---|---|---|",
-        ]
-        for stage, row in e["stages"].items():
-            lines.append(
-                f"| {stage} | {row['jobs']} | {_f(row['seconds'], 1)} "
-                f"| {_f(row['peak_rss_mb'], 0)} |"
-            )
-        wall = e.get("wall_s")
-        if wall is not None:
-            lines += [
-                "",
-                f"Wall time of that run, first job to last (Snakemake's log): {wall / 60:.1f} min "
-                f"(target ≤ 15 min on 2 cores: {_met(wall <= 900)}).",
-            ]
-            if wall > 900:
-                lines.append(
-                    "The stages above hold almost all of it; the 31 layers of SmolLM2 make most "
-                    "of the extraction and probing time, its fine-tuning most of the rest."
-                )
+    lines += ["", *render_end_to_end(results.get("end_to_end"))]
     lines += ["", f"Benchmark wall time: {_f(results['seconds'], 0)} s.", ""]
     return "\n".join(lines)
+
+
+def render_end_to_end(e: dict | None) -> list[str]:
+    """The end-to-end section: per-stage sums and wall time of the last `make run`."""
+    lines = ["## End to end (the embedded default, `make run`)", ""]
+    if e is None:
+        lines.append("No `benchmarks/` files: run `make run` first to fill this section.")
+        return lines
+    lines += [
+        f"From the rule benchmark files of the last `make run` ({e['when']}), summed per "
+        "stage (jobs ran two at a time where cores allowed, so the sum exceeds wall time):",
+        "",
+        "| stage | jobs | seconds | peak RSS MB |",
+        "|---|---|---|---|",
+    ]
+    for stage, row in e["stages"].items():
+        lines.append(
+            f"| {stage} | {row['jobs']} | {_f(row['seconds'], 1)} | {_f(row['peak_rss_mb'], 0)} |"
+        )
+    wall = e.get("wall_s")
+    if wall is not None:
+        lines += [
+            "",
+            f"Wall time of that run, first job to last (Snakemake's log): {wall / 60:.1f} min "
+            f"(target ≤ 15 min on 2 cores: {_met(wall <= 900)}).",
+        ]
+        if wall > 900:
+            lines.append(
+                "The stages above hold almost all of it; the 31 layers of SmolLM2 make most "
+                "of the extraction and probing time, its fine-tuning most of the rest."
+            )
+    return lines
 
 
 def render_probe_backends(b: dict, source: str) -> list[str]:

@@ -11,6 +11,8 @@ from benchmarks.end_to_end import last_run_wall_seconds, stage_totals
 from benchmarks.extraction import bench_extraction
 from benchmarks.finetuning import bench_finetune
 from benchmarks.probing import bench_probing
+from benchmarks.report import render_end_to_end, replace_section
+from benchmarks.run import last_run
 from finescope.synthetic import generate_splits
 
 pytestmark = pytest.mark.workflow
@@ -82,3 +84,41 @@ def test_last_run_wall_time_comes_from_the_newest_complete_log(tmp_path):
     log("2026-11-26T0400", "Thu Nov 26 04:00:00 2026", "Thu Nov 26 04:00:09 2026", False)
     assert last_run_wall_seconds(tmp_path) == 17 * 60 + 13
     assert last_run_wall_seconds(tmp_path / "none") is None
+
+
+def test_end_to_end_section_is_replaced_alone(tmp_path):
+    """`python -m benchmarks --only end_to_end` rewrites that section from the last run and
+    leaves the sections around it as they were."""
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    bench = tmp_path / "benchmarks" / "probe" / "ner"
+    bench.mkdir(parents=True)
+    (bench / "a.tsv").write_text(header + "61.5\t0:01:01\t500\t1\t1\t1\t1\t1\t1\t1\n")
+    logs = tmp_path / ".snakemake" / "log"
+    logs.mkdir(parents=True)
+    (logs / "2026-12-04T0059.snakemake.log").write_text(
+        "[Fri Dec  4 00:59:14 2026]\nrule a:\n[Fri Dec  4 01:13:14 2026]\n"
+        "9 of 9 steps (100%) done\n"
+    )
+    run = last_run(tmp_path)
+    assert run["wall_s"] == 14 * 60 and run["stages"]["probe"]["seconds"] == 61.5
+    section = "\n".join(render_end_to_end(run))
+    assert "| probe | 1 | 61.5 | 500 |" in section and "14.0 min" in section
+    assert "(target ≤ 15 min on 2 cores: met)" in section
+    old = "\n".join(
+        [
+            "# Benchmarks",
+            "## Before",
+            "kept A",
+            "## End to end (the embedded default, `make run`)",
+            "stale 39.2 min",
+            "## After",
+            "kept B",
+            "",
+            "Benchmark wall time: 10 s.",
+        ]
+    )
+    new = replace_section(old, section)
+    assert "stale" not in new and "| probe | 1 | 61.5 | 500 |" in new
+    assert new.index("kept A") < new.index("14.0 min") < new.index("kept B")
+    assert new.rstrip().endswith("Benchmark wall time: 10 s.")
+    assert render_end_to_end(None)[-1].startswith("No `benchmarks/` files")
