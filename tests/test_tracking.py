@@ -122,10 +122,16 @@ def test_backend_none_logs_nothing_and_mlflow_missing_is_a_clear_error(tmp_path,
 
 
 @pytest.mark.workflow
-def test_a_workflow_run_logs_one_mlflow_run_per_finetuning_job(tmp_path, tiny_bert_dir):
+def test_a_workflow_run_logs_one_mlflow_run_per_finetuning_job(
+    tmp_path, tiny_bert_dir, monkeypatch
+):
     """Through Snakemake, two fine-tuning jobs at once: one run each in the store, with tags
     and test metrics equal to the jobs' metrics.json."""
     from tests.workflow_utils import snakemake, tiny_config
+
+    # The jobs opt in to the local file store themselves; this process reads it back and must
+    # opt in too (MLflow 3 refuses it otherwise), whichever tests ran before.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
 
     uri = (tmp_path / "mlruns").as_uri()
     config = tiny_config(
