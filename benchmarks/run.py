@@ -98,6 +98,14 @@ def last_run(root: Path = ROOT) -> dict | None:
     }
 
 
+def _replace_in_place(out: Path, lines: list[str]) -> None:
+    """Print one rendered section and put it in place of its namesake in ``out``."""
+    section = "\n".join(lines)
+    print(section)
+    old = out.read_text() if out.is_file() else "# Benchmarks\n"
+    out.write_text(replace_section(old, section))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.splitlines()[0]
@@ -118,19 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     z = QUICK if args.quick else Sizes()
     if args.only == "end_to_end":
         run = last_run()
-        section = "\n".join(render_end_to_end(run))
-        print(section)
-        old = args.out.read_text() if args.out.is_file() else "# Benchmarks\n"
-        args.out.write_text(replace_section(old, section))
+        _replace_in_place(args.out, render_end_to_end(run))
         update_json(args.json, {"end_to_end": run})
         return 0
     if args.only == "probe":
         with tempfile.TemporaryDirectory(prefix="finescope-bench-") as tmp:
             result = run_probe_backends(z, args.data, Path(tmp))
-        section = "\n".join(render_probe_backends(result, result["source"]))
-        print(section)
-        old = args.out.read_text() if args.out.is_file() else "# Benchmarks\n"
-        args.out.write_text(replace_section(old, section))
+        _replace_in_place(args.out, render_probe_backends(result, result["source"]))
         old = json.loads(args.json.read_text()) if args.json.is_file() else {}
         rates = {**old.get("throughput", {}), **throughput({"probe_backends": result})}
         update_json(args.json, {"probe_backends": result, "throughput": rates})
