@@ -56,7 +56,7 @@ def logged(
     console = _console_job(log_path)
     if console:
         _HEADLINE.clear()
-        print(f"finescope: {console} started (tail -f {log_path})", file=sys.stderr, flush=True)
+        _say(f"finescope: {console} started (tail -f {log_path})")
         started = time.monotonic()
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -106,12 +106,12 @@ def logged(
             sys.stderr.flush()
     if failure is not None:
         # stderr is the console's again: one line, no traceback (that is in the log).
-        print(f"finescope: {failure} (log: {log_path})", file=sys.stderr, flush=True)
+        _say(f"finescope: {failure} (log: {log_path})")
         raise SystemExit(1)
     if console:
         took = format_seconds(time.monotonic() - started)
         headline = f": {_HEADLINE['text']}" if _HEADLINE.get("text") else ""
-        print(f"finescope: {console} done in {took}{headline}", file=sys.stderr, flush=True)
+        _say(f"finescope: {console} done in {took}{headline}")
 
 
 # Long jobs announce themselves on the console: one line when they start, one when they end.
@@ -119,6 +119,13 @@ CONSOLE_STAGES = ("finetune", "extract", "probe", "compare")
 
 
 _HEADLINE: dict[str, str] = {}
+
+
+def _say(line: str) -> None:
+    """One console line in one write: jobs running side by side share the console, and
+    print's separate write of the newline lets their lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _console_job(log_path: str | Path) -> str | None:

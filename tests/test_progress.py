@@ -4,6 +4,8 @@ console line when a long job starts and one when it ends."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 import pytest
 
@@ -114,3 +116,22 @@ def test_a_finetune_job_reports_progress_to_its_log_and_two_lines_to_the_console
 )
 def test_console_job_names(path, expected):
     assert job._console_job(path) == expected
+
+
+def test_console_lines_of_jobs_side_by_side_do_not_run_together():
+    """Two jobs writing their console lines to one pipe at once: every line stays whole."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom finescope.job import _say\n"
+        "for i in range(3000): _say(f'finescope: job {sys.argv[1]} line {i}')\n"
+    )
+    read, write = os.pipe()
+    procs = [subprocess.Popen([sys.executable, "-c", code, name], stderr=write) for name in "AB"]
+    os.close(write)
+    with os.fdopen(read) as stream:
+        lines = stream.read().splitlines()
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert len(lines) == 6000
+    assert all(re.fullmatch(r"finescope: job [AB] line \d+", line) for line in lines)
