@@ -119,6 +119,8 @@ rule figures:
         "logs/analysis/figures.log",
     conda:
         "../envs/analysis.yaml"
+    # Figures are drawn side by side, one per thread (matplotlib is most of this job).
+    threads: 2
     params:
         points=TRAINING_POINTS,
         attention_points=ATTENTION_POINTS,

@@ -22,9 +22,15 @@ rule finetune:
         "benchmarks/finetune/{task}/{model}/f{fraction}/s{seed}.tsv"
     wildcard_constraints:
         fraction=r"\d+",
+    # Kept weights cost no extra disk when made early, so the longest chain (fine-tune ->
+    # extract -> probe) starts first; temporary weights instead wait until the extractions
+    # ahead of them (priority 5) have used up the previous ones.
+    priority: 20 if config["finetune"]["keep_model"] else 0
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # One thread: on 2 cores two 1-thread fine-tunings side by side train as fast as one on
+    # 2 threads, and a 1-thread job never leaves a core idle waiting for a second one.
+    threads: 1
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=240,

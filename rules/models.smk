@@ -4,6 +4,9 @@ rule prepare_model:
         facts="resources/models/{model}.json",
     log:
         "logs/prepare_model/{model}.log",
+    # Every model's chain (fine-tune -> extract -> probe) starts from here: prepare them all
+    # first, so the slowest model's chain does not wait behind the other model's jobs.
+    priority: 30
     conda:
         "../envs/torch.yaml"
     params:

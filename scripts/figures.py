@@ -3,7 +3,7 @@ from pathlib import Path
 from finescope import job
 from finescope.run import write_resolved_config
 
-with job.logged(snakemake.log[0]):
+with job.logged(snakemake.log[0], threads=snakemake.threads):
     from finescope.figures import figures_job
 
     figures_job(
@@ -20,5 +20,6 @@ with job.logged(snakemake.log[0]):
         # Read from the config, not params: turning tracking on re-runs no job.
         tracking=snakemake.config.get("tracking"),
         grid=snakemake.params.grid,
+        n_jobs=snakemake.threads,
     )
     write_resolved_config(snakemake.params.config, snakemake.output.config)

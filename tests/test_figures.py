@@ -98,6 +98,16 @@ def test_make_all_figures_writes_every_named_figure(drawn):
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 
+def test_figures_drawn_side_by_side_are_the_same_files(drawn, tmp_path):
+    out, written = drawn
+    tidy, corr = tiny_tables(fractions=(50, 100), seeds=(0, 1, 2))
+    parallel = figures.make_all_figures(tidy, corr, tmp_path, n_jobs=2)
+    assert tuple(parallel) == tuple(written)
+    for name, paths in parallel.items():
+        for path, serial in zip(paths, written[name], strict=True):
+            assert path.read_bytes() == serial.read_bytes(), path.name
+
+
 def test_empty_inputs_still_write_valid_images(tmp_path):
     empty = analysis.tidy_measures(None, None, None, {})
     written = figures.make_all_figures(empty, analysis.correlate(empty), tmp_path)

@@ -548,6 +548,25 @@ def test_selected_probe_scores_only_held_out_items_of_known_classes():
     assert probe.predict_log_proba(X).shape == (n, 3)
 
 
+def test_selected_probe_with_one_candidate_fits_once_and_codes_as_before():
+    class Counting(SelectedLinearProbe):
+        fits = 0
+
+        def _lr(self, C, warm_start=False):
+            Counting.fits += 1
+            return super()._lr(C, warm_start)
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 6))
+    y = (X[:, 0] + 0.3 * rng.normal(size=120) > 0).astype(int)
+    probe = Counting(grid=[0.1]).fit(X, y)
+    assert probe.C_ == 0.1 and Counting.fits == 1  # the final fit only, no held-out fit
+    # Same code length as the single-candidate probe fitted the long way (held-out fit first).
+    bits_one, _ = online_codelength(X, y, 2, lambda: SelectedLinearProbe(grid=[0.1]), seed=0)
+    bits_two, _ = online_codelength(X, y, 2, lambda: SelectedLinearProbe(grid=[0.1, 0.1]), seed=0)
+    assert bits_one == pytest.approx(bits_two, rel=1e-9)
+
+
 # --------------------------------------------------------------------------------------------
 # Probe-dev rows, C search, NLI features, lexical control, NER entity measures
 # --------------------------------------------------------------------------------------------

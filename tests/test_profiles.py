@@ -76,7 +76,7 @@ def test_local_profile_plans_the_paper_grid_one_gpu_job_per_gpu(local_jobs):
         assert job["resources"]["gpu"] == gpu, job
     finetune = next(job for job in local_jobs if job["rule"] == "finetune")
     # The rule's own values pass through: threads, and memory scaled by the attempt.
-    assert finetune["threads"] == 2
+    assert finetune["threads"] == 1
     assert finetune["resources"]["mem_mb"] == 8000 and finetune["resources"]["runtime"] == 240
     profile = _profile(LOCAL)
     # The global limit that makes GPU jobs queue one per GPU.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -38,6 +39,7 @@ def make_all_figures(
     curves: pd.DataFrame | None = None,
     predictions: pd.DataFrame | None = None,
     attention: Mapping[tuple[str, str, str], dict] | None = None,
+    n_jobs: int = 1,
 ) -> dict[str, list[Path]]:
     """Draw every figure in ``FIGURES`` into ``out_dir``.
 
@@ -52,6 +54,8 @@ def make_all_figures(
     curves, predictions, attention
         :func:`read_curves`, :func:`read_predictions` and ``{(task, model, fraction):``
         :func:`attention_example` ``}``; None draws "no data" for those figures.
+    n_jobs
+        Worker processes drawing figures side by side (the files are the same for any count).
 
     Returns
     -------
@@ -64,24 +68,43 @@ def make_all_figures(
     tidy = analysis.normalize_tidy(tidy)
     palette = model_palette(tidy["model"]) if not tidy.empty else {}
     stem = {name: out_dir / name for name in FIGURES}
-    return {
-        "downstream": plot_downstream(tidy, stem["downstream"], palette),
-        "probing": plot_probing(tidy, stem["probing"]),
-        "probing_depth": plot_probing(tidy, stem["probing_depth"], depth=True, palette=palette),
-        "selectivity": plot_selectivity(tidy, stem["selectivity"]),
-        "compression": plot_compression(tidy, stem["compression"]),
-        "cka": plot_cka(tidy, stem["cka"]),
-        "attention_cosine": plot_attention_heatmaps(
-            tidy, stem["attention_cosine"], "attention_cosine"
+    drawings = {
+        "downstream": (plot_downstream, tidy, stem["downstream"], palette),
+        "probing": (plot_probing, tidy, stem["probing"]),
+        "probing_depth": (
+            partial(plot_probing, depth=True, palette=palette),
+            tidy,
+            stem["probing_depth"],
         ),
-        "attention_js": plot_attention_heatmaps(tidy, stem["attention_js"], "attention_js"),
-        "correlations": plot_correlation_heatmap(correlations, stem["correlations"]),
-        "scatter": plot_top_scatter(tidy, correlations, stem["scatter"], palette),
-        "learning_curves": plot_learning_curves(curves, stem["learning_curves"]),
-        "probe_heatmap": plot_probe_heatmaps(tidy, stem["probe_heatmap"]),
-        "confusion": plot_confusion(predictions, stem["confusion"]),
-        "attention_example": plot_attention_example(attention or {}, stem["attention_example"]),
+        "selectivity": (plot_selectivity, tidy, stem["selectivity"]),
+        "compression": (plot_compression, tidy, stem["compression"]),
+        "cka": (plot_cka, tidy, stem["cka"]),
+        "attention_cosine": (
+            plot_attention_heatmaps,
+            tidy,
+            stem["attention_cosine"],
+            "attention_cosine",
+        ),
+        "attention_js": (plot_attention_heatmaps, tidy, stem["attention_js"], "attention_js"),
+        "correlations": (plot_correlation_heatmap, correlations, stem["correlations"]),
+        "scatter": (plot_top_scatter, tidy, correlations, stem["scatter"], palette),
+        "learning_curves": (plot_learning_curves, curves, stem["learning_curves"]),
+        "probe_heatmap": (plot_probe_heatmaps, tidy, stem["probe_heatmap"]),
+        "confusion": (plot_confusion, predictions, stem["confusion"]),
+        "attention_example": (
+            plot_attention_example,
+            attention or {},
+            stem["attention_example"],
+        ),
     }
+    if n_jobs == 1:
+        drawn = [draw(*args) for draw, *args in drawings.values()]
+    else:
+        from joblib import Parallel, delayed
+
+        # Each figure is independent; drawing them is most of the figures job (matplotlib).
+        drawn = Parallel(n_jobs=n_jobs)(delayed(draw)(*args) for draw, *args in drawings.values())
+    return dict(zip(drawings, drawn, strict=True))
 
 
 def figures_job(
@@ -95,6 +118,7 @@ def figures_job(
     attention_points: list[dict] = (),
     tracking: dict | None = None,
     grid: dict | None = None,
+    n_jobs: int = 1,
 ) -> None:
     """Every figure. ``points[i]`` is the grid point of ``curve_paths[i]`` and
     ``metrics_paths[i]``; ``attention_pairs`` are (pre-trained, fine-tuned) test caches of the
@@ -114,6 +138,7 @@ def figures_job(
         curves=read_curves(curve_paths, points),
         predictions=read_predictions(metrics_paths, points),
         attention=examples,
+        n_jobs=n_jobs,
     )
     job.log.info("figures: %s", {name: [str(p) for p in paths] for name, paths in written.items()})
     from finescope import tracking as track

@@ -56,6 +56,9 @@ from finescope.progress import Progress
 from finescope.subsample import read_subset
 
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
 def _optimizer(model, s: dict) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for p in _trainable(model).values():
@@ -65,7 +68,13 @@ def _optimizer(model, s: dict) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": s["weight_decay"]},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=s["learning_rate"])
+    params = decay + no_decay
+    # The fused kernel is one pass over all parameters: on CPU a SmolLM2-135M step spends 0.1 s
+    # in it against 0.7 s in the default (foreach) update; same AdamW arithmetic.
+    fused = all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=s["learning_rate"], fused=fused or None
+    )
 
 
 def train_loop(
