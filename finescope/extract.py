@@ -33,8 +33,8 @@ Choices that matter for the study:
   looks right) can see the pads, so vectors do not depend on the batch. With
   ``padding_side="left"``, explicit ``position_ids`` counting from 0 at the first real token are
   passed, which is right for models whose positions start at 0 (BERT, GPT-2, rotary models).
-- Attention maps are only requested when ``attention_items > 0``; the model is then loaded with
-  the eager attention implementation (the fused ones do not return maps) for the whole run, so
+- Attention maps are only requested when ``attention_items > 0``; the model then runs the
+  eager attention implementation (the fused ones do not return maps) for the whole cache, so
   every item's hidden states come from the same kernels. Otherwise the library default is used.
 - Attention sequences are batched apart from the others, so only their batches pay for the maps.
 """
@@ -42,8 +42,10 @@ Choices that matter for the study:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,6 +139,53 @@ def _settings(settings: dict | None) -> dict:
             f"{list(NER_POOLINGS)}"
         )
     return merged
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer loaded once for several caches (one extraction job writes the probe
+    pool's and the test split's); ``settings`` are what it was loaded under."""
+
+    tokenizer: Any
+    model: Any
+    device: Any
+    settings: dict
+    load_seconds: float
+    # The implementation chosen when no attention maps were asked for (the library default).
+    default_attention: str | None
+
+
+# Settings a loaded model serves unchanged: what each cache stores, not how the model is made.
+_PER_CACHE = ("batch_size", "max_length", "dtype", "attention_items", "nli_view", "ner_pooling")
+
+
+def load_for_extraction(
+    task: str, model_dir: str | Path, settings: dict, need_attention: bool = False
+) -> LoadedModel:
+    """Tokenizer and model of ``model_dir`` on the settings' device, as :func:`run_extract`
+    loads them."""
+    settings = _settings(settings)
+    model_dir = Path(model_dir)
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=bool(settings["trust_remote_code"]))
+    model = _load_model(model_dir, task, settings, need_attention)
+    device = resolve_device(str(settings["device"]), key="extract.device")
+    model.to(device).eval()
+    default = None if need_attention else model.config._attn_implementation
+    return LoadedModel(tokenizer, model, device, settings, time.perf_counter() - started, default)
+
+
+def _use_attention(loaded: LoadedModel, need_attention: bool) -> bool:
+    """Switch the loaded model to the eager kernels when maps are wanted (fused kernels return
+    none) and back to the default otherwise, as if it had been loaded for this cache; False
+    when the model cannot switch once loaded (then it has to be loaded again)."""
+    wanted = "eager" if need_attention else loaded.default_attention
+    if loaded.model.config._attn_implementation == wanted:
+        return True
+    if wanted is None:
+        return False
+    loaded.model.set_attn_implementation(wanted)
+    return loaded.model.config._attn_implementation == wanted
 
 
 def _load_model(model_dir: Path, task: str, settings: dict, need_attention: bool):
@@ -354,7 +403,12 @@ def _collate(batch: list[_Sequence], pad_id: int, left: bool, device):
 
 
 def run_extract(
-    task: str, model_dir: str | Path, items: list[dict], out_dir: str | Path, settings: dict
+    task: str,
+    model_dir: str | Path,
+    items: list[dict],
+    out_dir: str | Path,
+    settings: dict,
+    loaded: LoadedModel | None = None,
 ) -> dict:
     """Encode ``items`` with the model in ``model_dir`` and write the hidden-state cache.
 
@@ -376,6 +430,9 @@ def run_extract(
         re-initialised under ``seed``), ``seed`` (0), ``padding_side`` ("right" | "left"),
         ``device`` ("auto"), ``bf16_autocast`` (False; CUDA only), ``nli_view`` ("pair" |
         "separate"), ``ner_pooling`` ("first" | "last" | "mean").
+    loaded
+        The model of ``model_dir`` from :func:`load_for_extraction`, loaded under the same
+        settings but for those of :data:`_PER_CACHE` (None: loaded here).
 
     Returns
     -------
@@ -389,14 +446,16 @@ def run_extract(
     out_dir = Path(out_dir)
     started = time.perf_counter()
 
-    tokenizer = load_tokenizer(model_dir, trust_remote_code=bool(settings["trust_remote_code"]))
     n_attention = min(int(settings["attention_items"]), len(items))
-
-    load_started = time.perf_counter()
-    model = _load_model(model_dir, task, settings, need_attention=n_attention > 0)
-    device = resolve_device(str(settings["device"]), key="extract.device")
-    model.to(device).eval()
-    load_seconds = time.perf_counter() - load_started
+    if loaded is not None:
+        _check_same_model(loaded, settings)
+        if not _use_attention(loaded, n_attention > 0):
+            loaded = None  # it cannot switch kernels once loaded: load it for this cache
+    load_seconds = 0.0
+    if loaded is None:
+        loaded = load_for_extraction(task, model_dir, settings, need_attention=n_attention > 0)
+        load_seconds = loaded.load_seconds
+    tokenizer, model, device = loaded.tokenizer, loaded.model, loaded.device
     decoder = is_decoder(model.config)
 
     # The same cap as fine-tuning: the tokenizer's limit and the model's position table.
@@ -582,38 +641,72 @@ def run_extract(
     return summary
 
 
-def extract_job(task: str, model_dir: str, data_path: str, out_dir: str, settings: dict) -> None:
-    """The ``extract`` job: the hidden-state cache of the (capped) items in ``data_path``."""
-    settings = dict(settings)
-    items = probe_items(
-        io.read_jsonl(data_path), settings.pop("max_items"), settings.pop("item_seed")
+def _check_same_model(loaded: LoadedModel, settings: dict) -> None:
+    differ = sorted(
+        key
+        for key in settings
+        if key not in _PER_CACHE and settings[key] != loaded.settings.get(key)
     )
-    info = run_extract(task, model_dir, items, Path(out_dir), settings)
-    job.log.info("extracted %d items: %s", len(items), info)
-    _warn_truncation(task, info)
-    job.headline(f"{len(items)} items x {info.get('n_layers')} layers in {out_dir}")
+    if differ:
+        raise FinescopeError(
+            f"extract: the loaded model does not serve these settings ({', '.join(differ)} "
+            "differ); load it again for them"
+        )
 
 
-def _warn_truncation(task: str, info: dict) -> None:
+def extract_job(
+    task: str,
+    model_dir: str,
+    data_paths: Mapping[str, str],
+    out_dirs: Mapping[str, str],
+    settings: Mapping[str, dict],
+) -> None:
+    """The ``extract`` job of one grid point: a hidden-state cache per split (the probe pool and
+    the capped test items; keys of ``out_dirs``), from one model loaded once for all of them.
+
+    The model is loaded with the library's default attention kernels and switched to the eager
+    ones for a cache with attention maps, so each cache is what a job of its own would write
+    (one import and load per grid point: most of a small model's extraction time)."""
+    loaded, lines = None, []
+    for split, out_dir in out_dirs.items():
+        split_settings = dict(settings[split])
+        items = probe_items(
+            io.read_jsonl(data_paths[split]),
+            split_settings.pop("max_items"),
+            split_settings.pop("item_seed"),
+        )
+        if loaded is None:
+            loaded = load_for_extraction(task, model_dir, split_settings)
+            job.log.info("loaded %s in %.1f s", model_dir, loaded.load_seconds)
+        info = run_extract(task, model_dir, items, Path(out_dir), split_settings, loaded)
+        job.log.info("extracted %d %s items: %s", len(items), split, info)
+        _warn_truncation(task, split, info)
+        lines.append(f"{split} {len(items)} items")
+    job.headline(f"{', '.join(lines)} x {info.get('n_layers')} layers")
+
+
+def _warn_truncation(task: str, split: str, info: dict) -> None:
     """A warning (it reaches the summary) when extract.max_length cut the input."""
     cut = info.get("n_truncated_sequences") or 0
     if not cut:
         return
     if task == "ner":
         job.log.warning(
-            "extract.max_length=%d cut %d of %d sentences: %d words lost, left out of the "
+            "extract.max_length=%d cut %d of %d %s sentences: %d words lost, left out of the "
             "probes; raise extract.max_length to keep them",
             info["max_length"],
             cut,
             info["n_items"],
+            split,
             info.get("n_words_lost") or 0,
         )
     else:
         job.log.warning(
-            "extract.max_length=%d cut %d of %d sequences: the text beyond it is not seen; "
+            "extract.max_length=%d cut %d of %d %s sequences: the text beyond it is not seen; "
             "raise extract.max_length to keep it",
             info["max_length"],
             cut,
             # The separate view encodes premise and hypothesis as two sequences.
             info["n_items"] * (2 if info.get("nli_view") == "separate" else 1),
+            split,
         )

@@ -36,8 +36,8 @@ def record_path(log_path: str | Path) -> Path:
 def job_context(log_path: str | Path) -> dict[str, Any]:
     """The job and, where its log path tells, the grid point of a job.
 
-    ``logs/<stage>/<task>[/<model>]/f<fraction>/s<seed>[/<split>].log`` gives ``stage``,
-    ``task``, ``model``, ``fraction``, ``seed`` and ``split``; ``logs/prepare_data/nli.log``
+    ``logs/<stage>/<task>[/<model>]/f<fraction>/s<seed>.log`` gives ``stage``, ``task``,
+    ``model``, ``fraction`` and ``seed``; ``logs/prepare_data/nli.log``
     gives the stage and the task. A log outside a ``logs`` folder names only the job.
     """
     parts = list(Path(log_path).with_suffix("").parts)
@@ -60,8 +60,6 @@ def job_context(log_path: str | Path) -> dict[str, Any]:
     tail = rest[fraction_at + 1 :]
     if tail and re.fullmatch(r"s\d+", tail[0]):
         context["seed"] = int(tail[0][1:])
-        if len(tail) > 1:
-            context["split"] = tail[1]
     return context
 
 

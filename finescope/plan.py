@@ -296,7 +296,7 @@ def job_counts(config: dict) -> dict[str, int]:
         "prepare_data": t,
         "subsample": t * train,
         "finetune": t * m * train,
-        "extract": 2 * t * m * internal,
+        "extract": t * m * internal,
         "probe": t * m * internal,
         "compare": t * m * train,
         "data_table": 1,

@@ -27,6 +27,8 @@ TASKS = GRID.tasks
 MODELS = GRID.models
 SPLITS = ["train", "dev", "test"]
 PROBE_SPLIT = "probe"
+# The caches of a grid point: the probe pool and the test split.
+CACHE_SPLITS = [PROBE_SPLIT, "test"]
 
 
 wildcard_constraints:
@@ -34,7 +36,6 @@ wildcard_constraints:
     model="|".join(MODELS),
     fraction=r"\d+|random",
     seed=r"\d+",
-    split="probe|test",
 
 
 localrules:
@@ -62,13 +63,27 @@ def finetune_settings(wildcards):
     return GRID.finetune_settings(wildcards.model, int(wildcards.seed))
 
 
-def extract_settings(wildcards):
-    return GRID.extract_settings(
-        wildcards.model,
-        wildcards.split,
-        random_init=wildcards.fraction == "random",
-        task=wildcards.task,
+def cache_dir(split):
+    """One cache folder of a grid point; extract.keep: none makes it temporary: Snakemake
+    deletes it once its last consumer (probe, compare, figures) has finished, so hidden states
+    do not pile up on disk."""
+    path = directory(
+        f"results/cache/{{task}}/{{model}}/f{{fraction}}/s{{seed}}/{split}"
     )
+    return temp(path) if config["extract"]["keep"] == "none" else path
+
+
+def extract_settings(wildcards):
+    """Settings of each cache an extraction job writes, by split."""
+    return {
+        split: GRID.extract_settings(
+            wildcards.model,
+            split,
+            random_init=wildcards.fraction == "random",
+            task=wildcards.task,
+        )
+        for split in CACHE_SPLITS
+    }
 
 
 def probe_settings(wildcards):

@@ -1,19 +1,18 @@
+# One job per grid point writes both caches: the model is imported and loaded once (for a
+# small model most of an extraction's time). A setting of one split (attention_items,
+# max_test_items) therefore re-extracts both caches of the points it changes.
 rule extract:
     input:
         model=model_dir,
-        data="results/data/{task}/{split}.jsonl",
-    # extract.keep: none makes caches temporary: Snakemake deletes each one once its last
-    # consumer (probe, compare) has finished, so hidden states do not pile up on disk.
+        probe="results/data/{task}/probe.jsonl",
+        test="results/data/{task}/test.jsonl",
     output:
-        (
-            temp(directory("results/cache/{task}/{model}/f{fraction}/s{seed}/{split}"))
-            if config["extract"]["keep"] == "none"
-            else directory("results/cache/{task}/{model}/f{fraction}/s{seed}/{split}")
-        ),
+        probe=cache_dir("probe"),
+        test=cache_dir("test"),
     log:
-        "logs/extract/{task}/{model}/f{fraction}/s{seed}/{split}.log",
+        "logs/extract/{task}/{model}/f{fraction}/s{seed}.log",
     benchmark:
-        "benchmarks/extract/{task}/{model}/f{fraction}/s{seed}/{split}.tsv"
+        "benchmarks/extract/{task}/{model}/f{fraction}/s{seed}.tsv"
     # Before another fine-tuning job starts, so that temporary weights (finetune.keep_model:
     # false) and caches are used up in turn rather than piling up.
     priority: 5

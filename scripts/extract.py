@@ -5,10 +5,11 @@ with job.logged(
 ):
     from finescope.extract import extract_job
 
+    splits = snakemake.params.settings
     extract_job(
         snakemake.wildcards.task,
         snakemake.input.model,
-        snakemake.input.data,
-        snakemake.output[0],
-        snakemake.params.settings,
+        {split: getattr(snakemake.input, split) for split in splits},
+        {split: getattr(snakemake.output, split) for split in splits},
+        splits,
     )

@@ -39,7 +39,7 @@ def test_temporary_caches_are_removed_after_their_consumers(tmp_path, tiny_bert_
     targets = [*probes, "results/change/ner/bert/f100/s1.csv"]
     args = (*targets, "--configfile", str(config))
     planned = planned_jobs(tmp_path, *args)
-    assert planned["extract"] == 6 and planned["probe"] == 3 and planned["compare"] == 1
+    assert planned["extract"] == 3 and planned["probe"] == 3 and planned["compare"] == 1
 
     # Targets first: --set-threads takes every value after it.
     run = snakemake(tmp_path, *targets, *RUN, "--configfile", str(config))
@@ -62,4 +62,4 @@ def test_temporary_caches_are_removed_after_their_consumers(tmp_path, tiny_bert_
     variant = tmp_path / "config-c.yaml"
     variant.write_text(yaml.safe_dump(changed, sort_keys=False))
     again = planned_jobs(tmp_path, *targets, "--configfile", str(variant))
-    assert again == {"extract": 6, "probe": 3, "compare": 1, "finetune": 1}
+    assert again == {"extract": 3, "probe": 3, "compare": 1, "finetune": 1}

@@ -108,7 +108,7 @@ def test_long_jobs_print_one_line_at_start_and_end(tiny_run):
         for stage in ("finetune", "extract", "probe", "compare")
         for p in (workdir / "logs" / stage).rglob("*.log")
     ]
-    assert len(logs) == 8 + 32 + 16 + 8
+    assert len(logs) == 8 + 16 + 16 + 8
     assert len(ours) == 2 * len(logs), ours
     for path in logs:
         assert sum(line.endswith(f"(tail -f {path})") for line in ours) == 1, path

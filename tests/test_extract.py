@@ -439,3 +439,50 @@ def test_ner_pooling_picks_the_subwords(arch, pooling, ner_items, tmp_path, requ
             np.testing.assert_allclose(layers[:, row], hidden[:, picked].mean(1), atol=1e-5)
             row += 1
     assert longest >= 3  # words of several sub-words, so the three poolings differ
+
+
+@pytest.mark.parametrize("random_init", [False, True])
+def test_one_job_writes_both_caches_as_two_separate_extractions_would(
+    tiny_model_dir, ner_items, tmp_path, random_init
+):
+    # The probe pool without attention maps (default kernels), the test split with them (eager):
+    # one load serves both, switching kernels between them.
+    data = {"probe": tmp_path / "probe.jsonl", "test": tmp_path / "test.jsonl"}
+    for path, items in zip(data.values(), (ner_items, ner_items[:3]), strict=True):
+        path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    common = F32 | {"batch_size": 2, "item_seed": 0, "random_init": random_init, "seed": 3}
+    settings = {
+        "probe": common | {"max_items": None, "attention_items": 0},
+        "test": common | {"max_items": 2, "attention_items": 2},
+    }
+    merged = {split: tmp_path / "job" / split for split in data}
+    extract.extract_job("ner", str(tiny_model_dir), data, merged, settings)
+    for split, path in data.items():
+        alone = dict(settings[split])
+        items = extract.probe_items(
+            [json.loads(line) for line in path.read_text().splitlines()],
+            alone.pop("max_items"),
+            alone.pop("item_seed"),
+        )
+        run_extract("ner", tiny_model_dir, items, tmp_path / "alone" / split, alone)
+        one, other = Cache(merged[split]), Cache(tmp_path / "alone" / split)
+        assert one.meta["attn_implementation"] == other.meta["attn_implementation"]
+        assert one.ids == other.ids
+        for layer in range(one.n_layers):
+            np.testing.assert_array_equal(one.layer("word", layer), other.layer("word", layer))
+        if split == "test":
+            assert one.meta["attn_implementation"] == "eager"
+            np.testing.assert_array_equal(
+                np.load(merged[split] / "attention.npy"),
+                np.load(tmp_path / "alone" / split / "attention.npy"),
+            )
+
+
+def test_a_loaded_model_refuses_settings_it_was_not_loaded_under(
+    tiny_bert_dir, ner_items, tmp_path
+):
+    loaded = extract.load_for_extraction("ner", tiny_bert_dir, F32)
+    with pytest.raises(FinescopeError, match="random_init"):
+        run_extract(
+            "ner", tiny_bert_dir, ner_items, tmp_path / "c", F32 | {"random_init": True}, loaded
+        )

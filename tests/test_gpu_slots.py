@@ -169,7 +169,7 @@ def test_workflow_jobs_take_a_gpu_slot_and_log_it(tmp_path, tiny_bert_dir):
         target,
         unset=("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID"),
     )
-    for log in ("logs/finetune/ner/bert/f100/s1.log", "logs/extract/ner/bert/f100/s1/probe.log"):
+    for log in ("logs/finetune/ner/bert/f100/s1.log", "logs/extract/ner/bert/f100/s1.log"):
         text = (tmp_path / log).read_text()
         assert "GPU: slot 3 of 3 (CUDA_VISIBLE_DEVICES=3)" in text, log
         assert "GPU: released slot 3" in text, log

@@ -22,7 +22,7 @@ def test_paper_grid_fits_on_disk_with_the_default_cache_policy(tmp_path):
     config = plan.load_config(ROOT / "config" / "paper.yaml")
     assert config["extract"]["keep"] == "none"  # the schema default
     result = plan.plan(config, root=tmp_path)  # no prepared data or models: built-in tables
-    assert result["jobs"]["extract"] == 2 * result["jobs"]["probe"]
+    assert result["jobs"]["extract"] == result["jobs"]["probe"]  # both caches in one job
     assert result["peak_cache"] < 100e9
     # Caches, fine-tuned weights (temporary in paper.yaml) and pre-trained folders together.
     assert config["finetune"]["keep_model"] is False

@@ -49,7 +49,7 @@ def expected_paper_counts() -> dict[str, int]:
         "fetch_data": sum(is_hub_dataset(t["data"]) for t in config["tasks"].values()),
         "subsample": tasks * trained,
         "finetune": tasks * models * trained,
-        "extract": tasks * models * internal * 2,
+        "extract": tasks * models * internal,
         "probe": tasks * models * internal,
         "compare": tasks * models * trained,
         "all": 1,

@@ -156,18 +156,16 @@ def test_a_probe_setting_reruns_the_probes_and_the_analysis_only(finished):
 def test_the_probe_seed_re_extracts_only_the_random_baseline(finished):
     # The seed draws the random baseline's weights; pre-trained and fine-tuned states keep.
     rules, jobs = _planned(finished, _variant(finished, "probe-seed", probe={"seed": 7}))
-    assert rules == {"probe": 6, "extract": 4} | ANALYSIS
+    assert rules == {"probe": 6, "extract": 2} | ANALYSIS
     extracts = [job for job in jobs if job["rule"] == "extract"]
-    assert _points(extracts, "task", "fraction", "split") == {
-        (t, "random", s) for t in ("nli", "ner") for s in ("probe", "test")
-    }
+    assert _points(extracts, "task", "fraction") == {(t, "random") for t in ("nli", "ner")}
 
 
 def test_the_learning_rate_reruns_training_and_what_depends_on_it(finished):
     rules, jobs = _planned(finished, _variant(finished, "lr", finetune={"learning_rate": 0.002}))
     # Fraction 100 only: the pre-trained model (0) and the random baseline are not trained, and
     # data and subsets do not depend on the learning rate.
-    assert rules == {"finetune": 2, "extract": 4, "probe": 2, "compare": 2} | ANALYSIS
+    assert rules == {"finetune": 2, "extract": 2, "probe": 2, "compare": 2} | ANALYSIS
     assert _points(jobs, "fraction", "seed") == {("100", "1")}
     for job in jobs:
         if job["rule"] == "finetune":
@@ -180,7 +178,7 @@ def test_a_new_model_runs_only_its_own_jobs(finished, tiny_llama_dir):
     own = {
         "prepare_model": 1,
         "finetune": 2,
-        "extract": 12,  # 2 tasks x {0, random, 100} x {train, test}
+        "extract": 6,  # 2 tasks x {0, random, 100}, each writing its probe and test caches
         "probe": 6,
         "compare": 2,
     }
@@ -190,7 +188,7 @@ def test_a_new_model_runs_only_its_own_jobs(finished, tiny_llama_dir):
 
 def test_a_new_fraction_runs_only_the_new_grid_points(finished):
     rules, jobs = _planned(finished, _variant(finished, "fraction", fractions=[0, 50, 100]))
-    trained = {"subsample": 2, "finetune": 2, "extract": 4, "probe": 2, "compare": 2}
+    trained = {"subsample": 2, "finetune": 2, "extract": 2, "probe": 2, "compare": 2}
     # The data table lists every subset, so it is redone too.
     assert rules == trained | {"data_table": 1} | ANALYSIS
     assert _points(jobs, "fraction", "seed") == {("50", "1")}
@@ -198,7 +196,7 @@ def test_a_new_fraction_runs_only_the_new_grid_points(finished):
 
 def test_a_new_seed_runs_only_the_new_grid_points(finished):
     rules, jobs = _planned(finished, _variant(finished, "seed", seeds=[1, 2]))
-    trained = {"subsample": 2, "finetune": 2, "extract": 4, "probe": 2, "compare": 2}
+    trained = {"subsample": 2, "finetune": 2, "extract": 2, "probe": 2, "compare": 2}
     assert rules == trained | {"data_table": 1} | ANALYSIS
     assert _points(jobs, "fraction", "seed") == {("100", "2")}
 
@@ -213,7 +211,7 @@ def test_an_edited_data_file_reruns_its_task_only(finished, tmp_path):
         "prepare_data": 1,
         "subsample": 1,
         "finetune": 1,
-        "extract": 6,
+        "extract": 3,
         "probe": 3,
         "compare": 1,
         "data_table": 1,

@@ -125,7 +125,7 @@ def test_tiny_workflow_runs_as_slurm_jobs_and_matches_a_local_run(
         workdir.mkdir()
         tiny_config(workdir, models, **SMALL)
     expected = planned_jobs(slurm_dir, *PROFILES)
-    assert expected["finetune"] == 1 and expected["extract"] == 4
+    assert expected["finetune"] == 1 and expected["extract"] == 2
 
     snakemake(local_dir, "--profile", str(ROOT / "profiles/local"), "--cores", "2")
 

@@ -244,8 +244,14 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
         "trust_remote_code": False,
         "ner_pooling": "first",
     }
-    with job.logged(logs / "extract" / "ner" / "bert" / "f0" / "s0" / "test.log"):
-        extract_job("ner", str(tiny_bert_dir), str(data / "test.jsonl"), str(cache), settings)
+    with job.logged(logs / "extract" / "ner" / "bert" / "f0" / "s0.log"):
+        extract_job(
+            "ner",
+            str(tiny_bert_dir),
+            {"test": str(data / "test.jsonl")},
+            {"test": str(cache)},
+            {"test": settings},
+        )
     meta = json.loads((cache / "meta.json").read_text())
     lost, cut = meta["n_words_lost"], meta["n_truncated_sequences"]
     assert lost > 0 and truncation_counts(cache) == {
@@ -261,10 +267,10 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
 
     records = job_warnings.collect(logs, RUN_GRID)
     assert [(r["job"], r["kind"]) for r in records] == [
-        ("extract/ner/bert/f0/s0/test", "log"),
+        ("extract/ner/bert/f0/s0", "log"),
         ("prepare_data/ner", "warning"),
     ]
-    assert records[0] | {"model": "bert", "fraction": "0", "seed": 0, "split": "test"} == records[0]
+    assert records[0] | {"model": "bert", "fraction": "0", "seed": 0} == records[0]
 
     tidy, corr = tables()
     tidy.to_parquet(tmp_path / "measures.parquet")
@@ -285,9 +291,9 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
         "(UserWarning; from prepare_data/ner)" in section
     )
     assert (
-        f"### extract\n\n- 1× extract.max_length=8 cut {cut} of 3 sentences: {lost} words lost, "
-        "left out of the probes; raise extract.max_length to keep them (WARNING; from "
-        "extract/ner/bert/f0/s0/test)" in section
+        f"### extract\n\n- 1× extract.max_length=8 cut {cut} of 3 test sentences: {lost} words "
+        "lost, left out of the probes; raise extract.max_length to keep them (WARNING; from "
+        "extract/ner/bert/f0/s0)" in section
     )
     assert "earlier grid" not in text
 
@@ -297,9 +303,7 @@ def test_the_summary_lists_the_warnings_the_jobs_raised(tmp_path, tiny_bert_dir,
     # The data job run again on a complete dev split: its old warning is gone.
     _prepare(tmp_path, dev=TRAIN)
     logging.captureWarnings(False)
-    assert [r["job"] for r in job_warnings.collect(logs, RUN_GRID)] == [
-        "extract/ner/bert/f0/s0/test"
-    ]
+    assert [r["job"] for r in job_warnings.collect(logs, RUN_GRID)] == ["extract/ner/bert/f0/s0"]
     assert job_warnings.print_count(RUN_GRID, logs, summary=None) == 1
     assert f"finescope: 1 warning (see {logs}/**/*.warnings.jsonl)" in capsys.readouterr().err
 

@@ -27,7 +27,7 @@ def test_paper_grid_schedules_one_finetune_job_per_trained_point(tmp_path):
     assert jobs["prepare_data"] == 2
     assert jobs["subsample"] == 2 * 4 * n_seeds
     # Per task x model: pre-trained + random baseline + trained points, two splits each.
-    assert jobs["extract"] == 2 * 4 * (2 + 4 * n_seeds) * 2
+    assert jobs["extract"] == 2 * 4 * (2 + 4 * n_seeds)
     assert jobs["probe"] == 2 * 4 * (2 + 4 * n_seeds)
     assert jobs["compare"] == 2 * 4 * 4 * n_seeds
     for rule in ("data_table", "tables", "correlations", "figures", "summary", "all"):

@@ -55,7 +55,6 @@ from finescope.models import (
 from finescope.progress import Progress
 from finescope.subsample import read_subset
 
-
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
