@@ -9,9 +9,12 @@ figures. MLflow is imported only then; it is the optional extra ``pip install .[
 from __future__ import annotations
 
 import csv
+import fcntl
 import logging
 import math
 import os
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,8 +60,30 @@ def _mlflow(s: dict):
             # refuses it unless told that it is wanted.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         mlflow.set_tracking_uri(s["uri"])
-    mlflow.set_experiment(s["experiment"])
+    store = _local_store(mlflow.get_tracking_uri())
+    if store is None:
+        mlflow.set_experiment(s["experiment"])
+        return mlflow
+    # A local store creates a missing experiment without a lock: two jobs starting at once
+    # would each make one of the same name, and a run would land in the one nobody reads.
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / ".finescope-experiment.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            mlflow.set_experiment(s["experiment"])
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
     return mlflow
+
+
+def _local_store(uri: str) -> Path | None:
+    """The folder of a local (file) tracking store; None for a server or a database."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme == "":
+        return Path(uri)
+    return None
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -571,3 +571,25 @@ def test_out_of_memory_names_the_settings_to_change(tiny_bert_dir, toy_data, mon
     monkeypatch.setattr(model, "forward", out_of_memory)
     with pytest.raises(FinescopeError, match="finetune.batch_size.*gradient_accumulation"):
         ft.train_loop(model, load_tokenizer(tiny_bert_dir), "nli", train, labels, BASE)
+
+
+def test_adamw_is_fused_on_cpu_and_takes_the_same_steps_as_the_default_update():
+    from finescope.finetune.train import adamw
+
+    torch.manual_seed(0)
+    start = torch.randn(64, 32)
+    grads = [torch.randn(64, 32) for _ in range(5)]
+    weights = {}
+    for name, make in {
+        "fused": lambda p: adamw([{"params": [p], "weight_decay": 0.01}], 1e-2),
+        "foreach": lambda p: torch.optim.AdamW([p], lr=1e-2, weight_decay=0.01, foreach=True),
+    }.items():
+        p = torch.nn.Parameter(start.clone())
+        optimizer = make(p)
+        for g in grads:
+            p.grad = g.clone()
+            optimizer.step()
+        weights[name] = p.detach()
+        if name == "fused":
+            assert optimizer.defaults["fused"] is True
+    torch.testing.assert_close(weights["fused"], weights["foreach"], rtol=1e-5, atol=1e-6)

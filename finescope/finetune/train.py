@@ -58,6 +58,15 @@ from finescope.subsample import read_subset
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
+def adamw(groups: list[dict], learning_rate: float) -> torch.optim.AdamW:
+    """AdamW over parameter ``groups``, with the fused kernel where every parameter's device has
+    one: one pass over all parameters (on CPU a SmolLM2-135M step spends 0.1 s in it against
+    0.7 s in the default foreach update), the same AdamW arithmetic."""
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
+
+
 def _optimizer(model, s: dict) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for p in _trainable(model).values():
@@ -67,13 +76,7 @@ def _optimizer(model, s: dict) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": s["weight_decay"]},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    params = decay + no_decay
-    # The fused kernel is one pass over all parameters: on CPU a SmolLM2-135M step spends 0.1 s
-    # in it against 0.7 s in the default (foreach) update; same AdamW arithmetic.
-    fused = all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=s["learning_rate"], fused=fused or None
-    )
+    return adamw([g for g in groups if g["params"]], s["learning_rate"])
 
 
 def train_loop(
