@@ -49,14 +49,14 @@ def bench_finetune(name: str, model_dir: Path, items: list[dict], z: Sizes) -> d
     """Examples/s of the training loop against a bare forward + backward + AdamW step loop over
     the same batches, and against the study's recipe."""
     labels = sorted({tag for item in items for tag in item["tags"]})
-    settings = {
-        "epochs": 1,
-        "batch_size": z.batch_size // 2,
-        "learning_rate": 1e-4,
-        "select_on_dev": False,
-        "checkpoint_every": 0,
-        "seed": 1,
-    }
+    settings = finetune.FinetuneSettings(
+        epochs=1,
+        batch_size=z.batch_size // 2,
+        learning_rate=1e-4,
+        select_on_dev=False,
+        checkpoint_every=0,
+        seed=1,
+    )
     tokenizer = load_tokenizer(model_dir)
 
     def fresh():
@@ -83,7 +83,7 @@ def bench_finetune(name: str, model_dir: Path, items: list[dict], z: Sizes) -> d
     return {
         "model": name,
         "items": len(items),
-        "batch_size": settings["batch_size"],
+        "batch_size": settings.batch_size,
         "ours_examples_per_s": len(items) / ours_seconds,
         "bare_examples_per_s": len(items) / bare_seconds,
         "overhead": ours_seconds / bare_seconds - 1.0,

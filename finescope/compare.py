@@ -38,6 +38,7 @@ What a "sequence" and an "item" are depends on the cache (both caches must agree
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,8 @@ from finescope.cache import Cache
 from finescope.errors import FinescopeError
 from finescope.io import write_csv
 from finescope.progress import Progress
-from finescope.settings import defaults
+from finescope.settings.compare import CompareSettings
 
-# The config block's defaults (from the schema); attention: off for a job without attention maps.
-DEFAULTS: dict = {**defaults("compare"), "attention": True}
 COLUMNS = columns.CHANGE
 ATTENTION_MEASURES = ("attention_cosine", "attention_js", "attention_entropy_change")
 _CHUNK = 8192
@@ -203,18 +202,6 @@ def debiased_cka(
     return kl / np.sqrt(kk * ll)
 
 
-def _settings(settings: dict | None) -> dict:
-    merged = {**DEFAULTS, **(settings or {})}
-    unknown = sorted(set(merged) - set(DEFAULTS))
-    if unknown:
-        raise FinescopeError(
-            f"compare settings: unknown key(s) {unknown}; known keys are {sorted(DEFAULTS)}"
-        )
-    if int(merged["cka_max_items"]) < 4:
-        raise FinescopeError("compare settings `cka_max_items`: must be at least 4")
-    return merged
-
-
 def _check_pair(pre: Cache, ft: Cache) -> None:
     """Both caches must hold the same items (and words), layers and attention sequences."""
     where = f"pre-trained cache {pre.path} and fine-tuned cache {ft.path}"
@@ -279,7 +266,10 @@ def _items(cache: Cache, layer: int) -> np.ndarray:
 
 
 def run_compare(
-    pre_cache: str | Path, ft_cache: str | Path, point: dict, settings: dict | None = None
+    pre_cache: str | Path,
+    ft_cache: str | Path,
+    point: dict,
+    settings: CompareSettings | Mapping | None = None,
 ) -> pd.DataFrame:
     """Change measures between the pre-trained and a fine-tuned model of one grid point.
 
@@ -291,8 +281,8 @@ def run_compare(
     point
         ``task``, ``model``, ``fraction``, ``seed`` of the fine-tuned model.
     settings
-        ``debiased_cka`` (True), ``cka_max_items`` (2000), ``seed`` (0: the CKA sample),
-        ``attention`` (True: attention measures when the caches store maps).
+        :class:`~finescope.settings.compare.CompareSettings` (a mapping of some of its fields
+        is built into one).
 
     Returns
     -------
@@ -301,18 +291,18 @@ def run_compare(
         per block and head (and "all") the three attention measures, per layer (0 =
         embeddings) ``cka`` and ``cka_debiased``.
     """
-    settings = _settings(settings)
+    settings = CompareSettings.build(settings)
     pre, ft = Cache(pre_cache), Cache(ft_cache)
     _check_pair(pre, ft)
     rows: list[tuple[int, str, str, float]] = []
-    if settings["attention"] and pre.meta.get("attention"):
+    if settings.attention and pre.meta.get("attention"):
         rows += _attention_rows(pre, ft)
     bar = Progress(f"compare {point.get('model')} CKA", pre.n_layers, "layer")
     for layer in range(pre.n_layers):
         X, Y = _items(pre, layer), _items(ft, layer)
         rows.append((layer, "all", "cka", linear_cka(X, Y)))
-        if settings["debiased_cka"]:
-            value = debiased_cka(X, Y, int(settings["cka_max_items"]), int(settings["seed"]))
+        if settings.debiased_cka:
+            value = debiased_cka(X, Y, int(settings.cka_max_items), int(settings.seed))
             rows.append((layer, "all", "cka_debiased", value))
         del X, Y
         bar.update(1)
@@ -324,7 +314,13 @@ def run_compare(
     return frame[COLUMNS]
 
 
-def compare_job(pretrained: str, finetuned: str, point: dict, settings: dict, out_csv: str) -> None:
+def compare_job(
+    pretrained: str,
+    finetuned: str,
+    point: dict,
+    settings: CompareSettings | Mapping,
+    out_csv: str,
+) -> None:
     """The ``compare`` job: representation and attention change of one grid point."""
     table = run_compare(Path(pretrained), Path(finetuned), point, settings)
     write_csv(table, out_csv)

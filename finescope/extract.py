@@ -41,6 +41,7 @@ Choices that matter for the study:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,30 +71,8 @@ from finescope.models import (
 )
 from finescope.probe_pool import probe_items
 from finescope.progress import Progress
-from finescope.settings import defaults, tasks
-
-# The config block's defaults that mean the same here (from the schema, their one home) and
-# the keys only a job sets (seed: the random baseline's weights; the workflow passes the
-# model's ner_subword as ner_pooling).
-_FROM_CONFIG = (
-    "batch_size",
-    "max_length",
-    "dtype",
-    "attention_items",
-    "padding_side",
-    "device",
-    "bf16_autocast",
-    "nli_view",
-)
-DEFAULTS: dict = {
-    **{key: defaults("extract")[key] for key in _FROM_CONFIG},
-    "trust_remote_code": False,
-    "random_init": False,
-    "seed": 0,
-    "ner_pooling": "first",
-}
-NLI_VIEWS = ("pair", "separate")
-NER_POOLINGS = ("first", "last", "mean")
+from finescope.settings import tasks
+from finescope.settings.extract import ExtractSettings
 
 
 @dataclass
@@ -107,40 +86,6 @@ class _Sequence:
     attention_k: int = -1  # index in the attention store, -1 when not stored
 
 
-def _settings(settings: dict | None) -> dict:
-    merged = {**DEFAULTS, **(settings or {})}
-    unknown = sorted(
-        set(merged) - set(DEFAULTS) - {"max_items", "max_train_items", "max_test_items"}
-    )
-    if unknown:
-        raise FinescopeError(
-            f"extract settings: unknown key(s) {unknown}; known keys are {sorted(DEFAULTS)}"
-        )
-    if merged["dtype"] not in DTYPES:
-        raise FinescopeError(
-            f"extract settings `dtype`: {merged['dtype']!r} is not one of {sorted(DTYPES)}"
-        )
-    if merged["padding_side"] not in ("right", "left"):
-        raise FinescopeError(
-            f"extract settings `padding_side`: {merged['padding_side']!r} is not right or left"
-        )
-    for key in ("batch_size", "max_length"):
-        if int(merged[key]) < 1:
-            raise FinescopeError(f"extract settings `{key}`: must be a positive integer")
-    if int(merged["attention_items"]) < 0:
-        raise FinescopeError("extract settings `attention_items`: must be 0 or more")
-    if merged["nli_view"] not in NLI_VIEWS:
-        raise FinescopeError(
-            f"extract settings `nli_view`: {merged['nli_view']!r} is not one of {list(NLI_VIEWS)}"
-        )
-    if merged["ner_pooling"] not in NER_POOLINGS:
-        raise FinescopeError(
-            f"extract settings `ner_pooling`: {merged['ner_pooling']!r} is not one of "
-            f"{list(NER_POOLINGS)}"
-        )
-    return merged
-
-
 @dataclass
 class LoadedModel:
     """A model and tokenizer loaded once for several caches (one extraction job writes the probe
@@ -149,27 +94,39 @@ class LoadedModel:
     tokenizer: Any
     model: Any
     device: Any
-    settings: dict
+    settings: ExtractSettings
     load_seconds: float
     # The implementation chosen when no attention maps were asked for (the library default).
     default_attention: str | None
 
 
 # Settings a loaded model serves unchanged: what each cache stores, not how the model is made.
-_PER_CACHE = ("batch_size", "max_length", "dtype", "attention_items", "nli_view", "ner_pooling")
+_PER_CACHE = (
+    "batch_size",
+    "max_length",
+    "dtype",
+    "attention_items",
+    "nli_view",
+    "ner_pooling",
+    "max_items",
+    "item_seed",
+)
 
 
 def load_for_extraction(
-    task: str, model_dir: str | Path, settings: dict, need_attention: bool = False
+    task: str,
+    model_dir: str | Path,
+    settings: ExtractSettings | Mapping,
+    need_attention: bool = False,
 ) -> LoadedModel:
     """Tokenizer and model of ``model_dir`` on the settings' device, as :func:`run_extract`
     loads them."""
-    settings = _settings(settings)
+    settings = ExtractSettings.build(settings)
     model_dir = Path(model_dir)
     started = time.perf_counter()
-    tokenizer = load_tokenizer(model_dir, trust_remote_code=bool(settings["trust_remote_code"]))
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=bool(settings.trust_remote_code))
     model = _load_model(model_dir, task, settings, need_attention)
-    device = resolve_device(str(settings["device"]), key="extract.device")
+    device = resolve_device(str(settings.device), key="extract.device")
     model.to(device).eval()
     default = None if need_attention else model.config._attn_implementation
     return LoadedModel(tokenizer, model, device, settings, time.perf_counter() - started, default)
@@ -188,17 +145,17 @@ def _use_attention(loaded: LoadedModel, need_attention: bool) -> bool:
     return loaded.model.config._attn_implementation == wanted
 
 
-def _load_model(model_dir: Path, task: str, settings: dict, need_attention: bool):
+def _load_model(model_dir: Path, task: str, settings: ExtractSettings, need_attention: bool):
     """The bare model, pre-trained weights or (``random_init``) the same architecture with
     freshly initialised weights drawn under ``seed``."""
     attn = "eager" if need_attention else None
-    trust = bool(settings["trust_remote_code"])
-    if settings["random_init"]:
+    trust = bool(settings.trust_remote_code)
+    if settings.random_init:
         config = transformers.AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust)
         kwargs: dict = {"trust_remote_code": trust, "dtype": torch.float32}
         if attn:
             kwargs["attn_implementation"] = attn
-        torch.manual_seed(int(settings["seed"]))
+        torch.manual_seed(int(settings.seed))
         return transformers.AutoModel.from_config(config, **kwargs)
     return load_model(
         model_dir, task, head=False, attn_implementation=attn, trust_remote_code=trust
@@ -351,14 +308,14 @@ def _plan_ner(tokenizer, items, max_length, n_attention, pooling: str = "mean"):
     return sequences, labels, extra
 
 
-def _pooling_note(task: str, settings: dict) -> str:
+def _pooling_note(task: str, settings: ExtractSettings) -> str:
     if task == "ner":
         return {
             "first": "first sub-word of each word",
             "last": "last sub-word of each word",
             "mean": "mean of each word's sub-words",
-        }[settings["ner_pooling"]]
-    if settings["nli_view"] == "pair":
+        }[settings.ner_pooling]
+    if settings.nli_view == "pair":
         return (
             "one sequence per pair: cls = the token the classification head reads; premise, "
             "hypothesis = mean over each segment's own tokens"
@@ -407,7 +364,7 @@ def run_extract(
     model_dir: str | Path,
     items: list[dict],
     out_dir: str | Path,
-    settings: dict,
+    settings: ExtractSettings | Mapping | None = None,
     loaded: LoadedModel | None = None,
 ) -> dict:
     """Encode ``items`` with the model in ``model_dir`` and write the hidden-state cache.
@@ -423,13 +380,11 @@ def run_extract(
     out_dir
         The cache folder; written under a temporary name and renamed when complete.
     settings
-        ``batch_size`` (16), ``max_length`` (128; capped by the tokenizer and the model's
-        position table), ``dtype`` ("float16" | "float32": storage of vectors and attention
-        maps), ``attention_items`` (0: attention maps of the first k items),
-        ``trust_remote_code`` (False), ``random_init`` (False: same architecture, weights
-        re-initialised under ``seed``), ``seed`` (0), ``padding_side`` ("right" | "left"),
-        ``device`` ("auto"), ``bf16_autocast`` (False; CUDA only), ``nli_view`` ("pair" |
-        "separate"), ``ner_pooling`` ("first" | "last" | "mean").
+        :class:`~finescope.settings.extract.ExtractSettings` (a mapping of some of its fields
+        is built into one): ``max_length`` is capped by the tokenizer and the model's position
+        table, ``dtype`` is the storage of vectors and attention maps, ``attention_items`` the
+        number of items whose maps are kept, ``random_init`` re-initialises the weights under
+        ``seed``. The item cap is the caller's (``items`` are stored as given).
     loaded
         The model of ``model_dir`` from :func:`load_for_extraction`, loaded under the same
         settings but for those of :data:`_PER_CACHE` (None: loaded here).
@@ -440,13 +395,13 @@ def run_extract(
         ``meta.json`` without its per-item lists (ids, labels, word alignment, attention
         lengths and offsets).
     """
-    settings = _settings(settings)
+    settings = ExtractSettings.build(settings)
     _check_items(task, items)
     model_dir = Path(model_dir)
     out_dir = Path(out_dir)
     started = time.perf_counter()
 
-    n_attention = min(int(settings["attention_items"]), len(items))
+    n_attention = min(int(settings.attention_items), len(items))
     if loaded is not None:
         _check_same_model(loaded, settings)
         if not _use_attention(loaded, n_attention > 0):
@@ -459,8 +414,8 @@ def run_extract(
     decoder = is_decoder(model.config)
 
     # The same cap as fine-tuning: the tokenizer's limit and the model's position table.
-    max_length = effective_max_length(model, tokenizer, int(settings["max_length"]))
-    if task == "nli" and settings["nli_view"] == "pair":
+    max_length = effective_max_length(model, tokenizer, int(settings.max_length))
+    if task == "nli" and settings.nli_view == "pair":
         sequences, labels, extra = _plan_pairs(
             tokenizer,
             items,
@@ -473,26 +428,26 @@ def run_extract(
         sequences, labels, extra = _plan_nli(tokenizer, items, max_length, n_attention)
     else:
         sequences, labels, extra = _plan_ner(
-            tokenizer, items, max_length, n_attention, settings["ner_pooling"]
+            tokenizer, items, max_length, n_attention, settings.ner_pooling
         )
-    views = VIEWS[settings["nli_view"] if task == "nli" else "ner"]
+    views = VIEWS[settings.nli_view if task == "nli" else "ner"]
     n_rows = len(items) if task == "nli" else len(labels)
     text_config = _text_config(model.config)
     n_layers = int(text_config.num_hidden_layers) + 1
     width = int(text_config.hidden_size)
     n_heads = int(text_config.num_attention_heads)
     n_blocks = n_layers - 1
-    dtype = DTYPES[settings["dtype"]]
+    dtype = DTYPES[settings.dtype]
 
     att_seqs = sorted((s for s in sequences if s.attention_k >= 0), key=lambda s: s.attention_k)
     lengths = [len(s.input_ids) for s in att_seqs]
     offsets = np.concatenate([[0], np.cumsum([n_blocks * n_heads * t * t for t in lengths])])
     offsets = [int(o) for o in offsets]
 
-    batches = _batches(sequences, int(settings["batch_size"]))
-    left = settings["padding_side"] == "left"
+    batches = _batches(sequences, int(settings.batch_size))
+    left = settings.padding_side == "left"
     pad_id = tokenizer.pad_token_id
-    autocast = bool(settings["bf16_autocast"]) and device.type == "cuda"
+    autocast = bool(settings.bf16_autocast) and device.type == "cuda"
     forward_passes = n_tokens = n_clipped = 0
     forward_seconds = 0.0
 
@@ -588,7 +543,7 @@ def run_extract(
             "task": task,
             "n_layers": n_layers,
             "width": width,
-            "dtype": settings["dtype"],
+            "dtype": settings.dtype,
             "views": views,
             "ids": [str(item["id"]) for item in items],
             "labels": labels,
@@ -604,9 +559,9 @@ def run_extract(
             "max_length": max_length,
             "pooling": _pooling_note(task, settings),
             **(
-                {"nli_view": settings["nli_view"]}
+                {"nli_view": settings.nli_view}
                 if task == "nli"
-                else {"ner_pooling": settings["ner_pooling"]}
+                else {"ner_pooling": settings.ner_pooling}
             ),
             "attention": {
                 "n_sequences": len(att_seqs),
@@ -626,7 +581,7 @@ def run_extract(
             "load_seconds": round(load_seconds, 3),
             "forward_seconds": round(forward_seconds, 3),
             "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
-            "settings": {key: settings[key] for key in DEFAULTS},
+            "settings": settings.model_settings,
             **extra,
         }
         write_json(tmp / "meta.json", meta)
@@ -641,11 +596,12 @@ def run_extract(
     return summary
 
 
-def _check_same_model(loaded: LoadedModel, settings: dict) -> None:
+def _check_same_model(loaded: LoadedModel, settings: ExtractSettings) -> None:
     differ = sorted(
-        key
-        for key in settings
-        if key not in _PER_CACHE and settings[key] != loaded.settings.get(key)
+        f.name
+        for f in dataclasses.fields(settings)
+        if f.name not in _PER_CACHE
+        and getattr(settings, f.name) != getattr(loaded.settings, f.name)
     )
     if differ:
         raise FinescopeError(
@@ -659,7 +615,7 @@ def extract_job(
     model_dir: str,
     data_paths: Mapping[str, str],
     out_dirs: Mapping[str, str],
-    settings: Mapping[str, dict],
+    settings: Mapping[str, ExtractSettings | Mapping],
 ) -> None:
     """The ``extract`` job of one grid point: a hidden-state cache per split (the probe pool and
     the capped test items; keys of ``out_dirs``), from one model loaded once for all of them.
@@ -669,11 +625,9 @@ def extract_job(
     (one import and load per grid point: most of a small model's extraction time)."""
     loaded, lines = None, []
     for split, out_dir in out_dirs.items():
-        split_settings = dict(settings[split])
+        split_settings = ExtractSettings.build(settings[split])
         items = probe_items(
-            io.read_jsonl(data_paths[split]),
-            split_settings.pop("max_items"),
-            split_settings.pop("item_seed"),
+            io.read_jsonl(data_paths[split]), split_settings.max_items, split_settings.item_seed
         )
         if loaded is None:
             loaded = load_for_extraction(task, model_dir, split_settings)

@@ -20,43 +20,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 
 from finescope.errors import FinescopeError
-from finescope.settings import defaults
+from finescope.settings.probe_pool import ProbePoolSettings
 from finescope.subsample import stratified_order
 
-SOURCES = ("train", "dev")
-DEFAULTS = defaults("probe_pool")
 POOL_SPLITS = ("train", "dev")
 
 
 def _round(value: Fraction) -> int:
     return math.floor(value + Fraction(1, 2))
-
-
-def resolve(settings: Mapping | None) -> dict:
-    """The pool settings with defaults, checked; errors name the ``probe_pool`` key."""
-    s = {**DEFAULTS, **dict(settings or {})}
-    unknown = sorted(set(s) - set(DEFAULTS))
-    if unknown:
-        raise FinescopeError(
-            f"config key probe_pool.{unknown[0]}: unknown; allowed keys are {sorted(DEFAULTS)}"
-        )
-    if s["source"] not in SOURCES:
-        raise FinescopeError(
-            f"config key probe_pool.source: {s['source']!r} is not one of {', '.join(SOURCES)}"
-        )
-    size = s["size"]
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
-        raise FinescopeError(
-            f"config key probe_pool.size: {size!r} must be a share in (0, 1) or a count >= 1"
-        )
-    if size >= 1 and float(size) != int(size):
-        raise FinescopeError(f"config key probe_pool.size: {size!r} must be a whole count")
-    share = s["dev_share"]
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
-        raise FinescopeError(
-            f"config key probe_pool.dev_share: {share!r} must be a number between 0 and 1"
-        )
-    return s
 
 
 def pool_size(n_items: int, size: float) -> int:
@@ -67,7 +38,10 @@ def pool_size(n_items: int, size: float) -> int:
 
 
 def reserve(
-    splits: Mapping[str, list[dict]], task: str, settings: Mapping | None, seed: int
+    splits: Mapping[str, list[dict]],
+    task: str,
+    settings: ProbePoolSettings | Mapping | None,
+    seed: int,
 ) -> tuple[list[dict], list[dict], dict]:
     """Set the probe pool aside.
 
@@ -92,23 +66,23 @@ def reserve(
         minus the pool when the pool comes from train; train unchanged otherwise); and the pool's
         provenance for ``labels.json``.
     """
-    s = resolve(settings)
-    source = splits[s["source"]]
-    k = pool_size(len(source), s["size"])
+    s = ProbePoolSettings.build(settings)
+    source = splits[s.source]
+    k = pool_size(len(source), s.size)
     if k > len(source):
         raise FinescopeError(
-            f"config key probe_pool.size: {k} items asked for, but the {s['source']} split of "
+            f"config key probe_pool.size: {k} items asked for, but the {s.source} split of "
             f"{task} has only {len(source)}; lower probe_pool.size"
         )
-    if s["source"] == "train" and k >= len(source):
+    if s.source == "train" and k >= len(source):
         raise FinescopeError(
             f"config key probe_pool.size: reserving {k} of the {len(source)} training items of "
             f"{task} leaves nothing to fine-tune on; lower probe_pool.size"
         )
-    n_dev = _round(Fraction(str(s["dev_share"])) * k)
+    n_dev = _round(Fraction(str(s.dev_share)) * k)
     if k < 2 or not 0 < n_dev < k:
         raise FinescopeError(
-            f"config key probe_pool: a pool of {k} items with dev_share {s['dev_share']} leaves "
+            f"config key probe_pool: a pool of {k} items with dev_share {s.dev_share} leaves "
             "an empty probe-train or probe-dev part; raise probe_pool.size"
         )
     order = stratified_order(source, task, _seed(seed, task, "pool"))
@@ -119,13 +93,13 @@ def reserve(
     for i, item in enumerate(pool_items):
         item["probe_split"] = "dev" if i in dev else "train"
     train = splits["train"]
-    if s["source"] == "train":
+    if s.source == "train":
         train = [item for i, item in enumerate(source) if i not in chosen]
     ids = [str(item["id"]) for item in pool_items]
     provenance = {
-        "source": s["source"],
-        "size": s["size"],
-        "dev_share": s["dev_share"],
+        "source": s.source,
+        "size": s.size,
+        "dev_share": s.dev_share,
         "seed": seed,
         "items": k,
         "probe_train": k - n_dev,
@@ -134,7 +108,7 @@ def reserve(
         "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
         "note": (
             "reserved from train before subsampling: no fine-tuning subset contains these items"
-            if s["source"] == "train"
+            if s.source == "train"
             else "the dev split: fine-tuning never trains on it, but picks its best checkpoint "
             "on it when finetune.select_on_dev is true"
         ),

@@ -20,33 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from finescope.errors import FinescopeError
-from finescope.settings import defaults
+from finescope.settings.tracking import TrackingSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = defaults("tracking")
 # MLflow caps a param value at 6000 characters; longer values are cut with a marker.
 MAX_PARAM_CHARS = 6000
 
 
-def resolve(tracking: Mapping[str, Any] | None) -> dict:
-    """The ``tracking`` block with defaults; a clear error for an unknown backend."""
-    s = {**DEFAULTS, **(tracking or {})}
-    unknown = sorted(set(s) - set(DEFAULTS))
-    if unknown:
-        raise FinescopeError(f"config key tracking: unknown settings {unknown}")
-    if s["backend"] not in ("none", "mlflow"):
-        raise FinescopeError(
-            f"config key tracking.backend: {s['backend']!r}; expected 'none' or 'mlflow'"
-        )
-    return s
-
-
 def enabled(tracking: Mapping[str, Any] | None) -> bool:
-    return resolve(tracking)["backend"] != "none"
+    return TrackingSettings.build(tracking).enabled
 
 
-def _mlflow(s: dict):
+def _mlflow(s: TrackingSettings):
     try:
         import mlflow
     except ImportError as exc:
@@ -54,15 +40,15 @@ def _mlflow(s: dict):
             "config key tracking.backend is 'mlflow' but the mlflow package is not installed; "
             "install the extra with: pip install '.[tracking]' (or set tracking.backend: none)"
         ) from exc
-    if s["uri"]:
-        if str(s["uri"]).startswith("file:"):
+    if s.uri:
+        if str(s.uri).startswith("file:"):
             # mlflow-skinny has no SQL store, so a local folder is the local option; MLflow 3
             # refuses it unless told that it is wanted.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        mlflow.set_tracking_uri(s["uri"])
+        mlflow.set_tracking_uri(s.uri)
     store = _local_store(mlflow.get_tracking_uri())
     if store is None:
-        mlflow.set_experiment(s["experiment"])
+        mlflow.set_experiment(s.experiment)
         return mlflow
     # A local store creates a missing experiment without a lock: two jobs starting at once
     # would each make one of the same name, and a run would land in the one nobody reads.
@@ -70,7 +56,7 @@ def _mlflow(s: dict):
     with open(store / ".finescope-experiment.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            mlflow.set_experiment(s["experiment"])
+            mlflow.set_experiment(s.experiment)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
     return mlflow
@@ -136,8 +122,8 @@ def log_finetune_run(
     ``examples_per_second`` from ``curve.csv``. Final metrics: the numeric top-level test
     metrics (``test_<name>``) and ``dev_score``. Tags: task, model, fraction, seed, stage.
     """
-    s = resolve(tracking)
-    if s["backend"] == "none":
+    s = TrackingSettings.build(tracking)
+    if not s.enabled:
         return None
     mlflow = _mlflow(s)
     tags = {key: str(point[key]) for key in ("task", "model", "fraction", "seed")}
@@ -171,8 +157,8 @@ def log_analysis_run(
 ) -> str | None:
     """One MLflow run for the analysis: mean downstream score per task × model × fraction,
     the number of powered tests and of tests with q < 0.05, the figures as artifacts."""
-    s = resolve(tracking)
-    if s["backend"] == "none":
+    s = TrackingSettings.build(tracking)
+    if not s.enabled:
         return None
     mlflow = _mlflow(s)
     metrics: dict[str, float] = {}

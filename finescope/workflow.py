@@ -16,7 +16,12 @@ import yaml
 from finescope.data import hub_data_dir, is_hub_dataset
 from finescope.errors import FinescopeError, unknown_key_hint
 from finescope.refs import GGUF_PREFIX, PYPI_PREFIX
-from finescope.settings import defaults
+from finescope.settings.analysis import AnalysisSettings
+from finescope.settings.compare import CompareSettings
+from finescope.settings.extract import ExtractSettings
+from finescope.settings.finetune import FinetuneSettings
+from finescope.settings.probe import ProbeSettings
+from finescope.settings.probe_pool import ProbePoolSettings
 
 # Probes that only make sense for one task: the study's SVM reads sentence pairs,
 # its BiLSTM-CRF reads word sequences.
@@ -24,11 +29,8 @@ TASK_ONLY_PROBES = {"svm": "nli", "bilstm_crf": "ner"}
 PRETRAINED = "0"
 RANDOM = "random"
 TABLES = ["data", "downstream", "probing", "change", "attention", "correlations", "measures"]
-# How the forward pass runs (defaults from the schema, as run_extract and run_finetune take
-# them): a job's settings leave these out when at their defaults.
-RUN_DEFAULTS = {
-    key: defaults("extract")[key] for key in ("device", "bf16_autocast", "padding_side")
-}
+# The extract block's keys that every cache takes as they are.
+_EXTRACT_KEYS = ("batch_size", "max_length", "dtype", "padding_side", "device", "bf16_autocast")
 
 
 def _dotted(parts: Sequence) -> str:
@@ -384,30 +386,32 @@ class Grid:
         m = self.config["models"][model]
         return m.get("ner_subword") or ("last" if m["family"] == "decoder" else "first")
 
-    def finetune_settings(self, model: str, seed: int) -> dict:
-        settings = copy.deepcopy(self.config["finetune"])
-        settings.pop("keep_model")  # what the workflow keeps on disk, not how to train
+    def finetune_settings(self, model: str, seed: int) -> FinetuneSettings:
+        """Settings of one fine-tuning job: the finetune block with the model's overrides
+        (its lora block merged key by key), the seed and the model's own keys."""
+        given = copy.deepcopy(self.config["finetune"])
+        given.pop("keep_model")  # what the workflow keeps on disk, not how to train
         override = copy.deepcopy(self.config["models"][model].get("finetune", {}))
         if "lora" in override:
-            settings["lora"] = {**settings["lora"], **override.pop("lora")}
-        settings.update(override)
-        if settings.get("device") == RUN_DEFAULTS["device"]:
-            del settings["device"]  # the default of run_finetune: no new params, no re-run
-        settings["seed"] = seed
-        settings["trust_remote_code"] = self.config["models"][model]["trust_remote_code"]
-        settings["ner_subword"] = self.ner_subword(model)
-        return settings
+            given["lora"] = {**given["lora"], **override.pop("lora")}
+        given.update(override)
+        return FinetuneSettings.build(
+            {
+                **given,
+                "seed": seed,
+                "trust_remote_code": self.config["models"][model]["trust_remote_code"],
+                "ner_subword": self.ner_subword(model),
+            }
+        )
 
     def extract_settings(
         self, model: str, split: str, random_init: bool = False, task: str | None = None
-    ) -> dict:
-        """Settings of one extraction job; ``split`` is ``probe`` (the reserved probe pool,
-        every item) or ``test`` (capped at ``extract.max_test_items``)."""
+    ) -> ExtractSettings:
+        """Settings of one cache; ``split`` is ``probe`` (the reserved probe pool, every item)
+        or ``test`` (capped at ``extract.max_test_items``)."""
         extract = self.config["extract"]
-        settings = {
-            "batch_size": extract["batch_size"],
-            "max_length": extract["max_length"],
-            "dtype": extract["dtype"],
+        given = {key: extract[key] for key in _EXTRACT_KEYS}
+        given |= {
             "max_items": extract["max_test_items"] if split == "test" else None,
             "item_seed": extract["seed"],
             # Attention maps are only compared on the test split.
@@ -415,33 +419,37 @@ class Grid:
             "random_init": random_init,
             "trust_remote_code": self.config["models"][model]["trust_remote_code"],
         }
-        # How the forward pass runs; only when not at the default (which run_extract also
-        # assumes), so that finished jobs of a config that does not set them stay valid.
-        for key, default in RUN_DEFAULTS.items():
-            if extract.get(key, default) != default:
-                settings[key] = extract[key]
-        # Each task gets only its own setting, so changing one re-extracts only that task.
+        # Each task gets only its own setting (the other stays at its default, which the
+        # job's params leave out), so changing one re-extracts only that task.
         if task in (None, "nli"):
-            settings["nli_view"] = extract["nli_view"]
+            given["nli_view"] = extract["nli_view"]
         if task in (None, "ner"):
-            settings["ner_pooling"] = extract.get("ner_pooling") or self.ner_subword(model)
+            given["ner_pooling"] = extract.get("ner_pooling") or self.ner_subword(model)
         if random_init:
             # The seed only draws the random baseline's weights: were it a setting of every
             # extraction, a new probe.seed would re-extract the whole grid.
-            settings["seed"] = self.config["probe"]["seed"]
+            given["seed"] = self.config["probe"]["seed"]
         override = dict(self.config["models"][model].get("extract", {}))
         if task == "nli":
             override.pop("ner_pooling", None)
-        settings.update(override)
-        return settings
+        return ExtractSettings.build({**given, **override})
 
-    def probe_settings(self, task: str) -> dict:
-        settings = copy.deepcopy(self.config["probe"])
-        settings["probes"] = [
-            p for p in settings["probes"] if TASK_ONLY_PROBES.get(p, task) == task
-        ]
-        settings.pop("random_baseline")
-        return settings
+    def probe_settings(self, task: str) -> ProbeSettings:
+        """The probe block for one task: the probes that serve it (random_baseline is a
+        setting of the grid, not of a probe job)."""
+        given = copy.deepcopy(self.config["probe"])
+        given["probes"] = [p for p in given["probes"] if TASK_ONLY_PROBES.get(p, task) == task]
+        given.pop("random_baseline")
+        return ProbeSettings.build(given)
+
+    def compare_settings(self) -> CompareSettings:
+        return CompareSettings.build(self.config["compare"])
+
+    def probe_pool_settings(self) -> ProbePoolSettings:
+        return ProbePoolSettings.build(self.config["probe_pool"])
+
+    def analysis_settings(self) -> AnalysisSettings:
+        return AnalysisSettings.build(self.config["analysis"])
 
     def data_inputs(self, wildcards) -> list[str]:
         """Local files a task reads, so that editing one re-runs that task's jobs only, and the

@@ -70,7 +70,7 @@ rule tables:
         points=TRAINING_POINTS,
         models=MODELS,
         model_meta=GRID.model_meta(),
-        entity_f1=config["analysis"]["entity_f1"],
+        entity_f1=GRID.analysis_settings().entity_f1,
     script:
         "../scripts/tables.py"
 
@@ -89,7 +89,7 @@ rule correlations:
     conda:
         "../envs/analysis.yaml"
     params:
-        settings=config["analysis"],
+        settings=GRID.analysis_settings().to_params(),
     script:
         "../scripts/correlations.py"
 

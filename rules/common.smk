@@ -59,8 +59,11 @@ def model_dir(wildcards):
     )
 
 
+# Each job's typed settings are built (and checked) here, while the DAG is planned, and
+# reach the job as plain values (to_params): Snakemake re-runs a job whose params change only
+# for params of builtin types. The script builds the same object from them.
 def finetune_settings(wildcards):
-    return GRID.finetune_settings(wildcards.model, int(wildcards.seed))
+    return GRID.finetune_settings(wildcards.model, int(wildcards.seed)).to_params()
 
 
 def cache_dir(split):
@@ -81,13 +84,13 @@ def extract_settings(wildcards):
             split,
             random_init=wildcards.fraction == "random",
             task=wildcards.task,
-        )
+        ).to_params()
         for split in CACHE_SPLITS
     }
 
 
 def probe_settings(wildcards):
-    return GRID.probe_settings(wildcards.task)
+    return GRID.probe_settings(wildcards.task).to_params()
 
 
 def point(wildcards):

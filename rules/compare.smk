@@ -18,6 +18,6 @@ rule compare:
         runtime=60,
     params:
         point=point,
-        settings=config["compare"],
+        settings=GRID.compare_settings().to_params(),
     script:
         "../scripts/compare.py"

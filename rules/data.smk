@@ -33,7 +33,7 @@ rule prepare_data:
     params:
         data=lambda wc: config["tasks"][wc.task]["data"],
         seed=config["data_seed"],
-        probe_pool=config["probe_pool"],
+        probe_pool=GRID.probe_pool_settings().to_params(),
     script:
         "../scripts/prepare_data.py"
 

@@ -4,6 +4,7 @@ with job.logged(
     snakemake.log[0], threads=snakemake.threads, gpus=snakemake.config["resources"]["gpus"]
 ):
     from finescope.finetune import finetune_job
+    from finescope.settings.finetune import FinetuneSettings
 
     finetune_job(
         snakemake.wildcards.task,
@@ -13,7 +14,7 @@ with job.logged(
         snakemake.input.subset,
         snakemake.output.model,
         snakemake.params.checkpoints,
-        snakemake.params.settings,
+        FinetuneSettings.build(snakemake.params.settings),
         # Read from the config, not params: turning tracking on re-runs no job.
         tracking=snakemake.config.get("tracking"),
     )

@@ -2,6 +2,7 @@ from finescope import job
 
 with job.logged(snakemake.log[0], threads=snakemake.threads):
     from finescope.probe import probe_job
+    from finescope.settings.probe import ProbeSettings
 
     probe_job(
         snakemake.input.probe,
@@ -9,7 +10,7 @@ with job.logged(snakemake.log[0], threads=snakemake.threads):
         snakemake.input.pool,
         snakemake.input.test_items,
         snakemake.params.point,
-        snakemake.params.settings,
+        ProbeSettings.build(snakemake.params.settings),
         snakemake.output[0],
         n_jobs=snakemake.threads,
     )

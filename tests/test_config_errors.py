@@ -190,10 +190,10 @@ def test_per_model_overrides_get_no_defaults_and_merge_over_the_top_level(model_
     assert config["models"]["bert"]["extract"] == {"dtype": "float16"}
     grid = Grid.from_config(config)
     settings = grid.finetune_settings("bert", seed=1)
-    assert settings["epochs"] == 2 and settings["learning_rate"] == 0.001
-    assert settings["lora"] == {"enabled": False, "r": 4, "alpha": 16, "dropout": 0.1}
+    assert settings.epochs == 2 and settings.learning_rate == 0.001
+    assert settings.lora.to_dict() == {"enabled": False, "r": 4, "alpha": 16, "dropout": 0.1}
     extract = grid.extract_settings("bert", "test", task="ner")
-    assert extract["dtype"] == "float16" and extract["batch_size"] == 8
+    assert extract.dtype == "float16" and extract.batch_size == 8
 
 
 def test_the_last_config_file_that_sets_a_key_is_named(model_dir, tmp_path):

@@ -11,9 +11,7 @@ from snakemake.utils import validate
 
 from finescope.devices import resolve_device
 from finescope.errors import FinescopeError
-from finescope.extract import DEFAULTS as EXTRACT_DEFAULTS
-from finescope.finetune import DEFAULT_SETTINGS as FINETUNE_DEFAULTS
-from finescope.workflow import RUN_DEFAULTS, Grid, schema_error
+from finescope.workflow import Grid, schema_error
 from tests.workflow_utils import ROOT, merge_config
 
 SCHEMA = str(ROOT / "schemas" / "config.schema.yaml")
@@ -99,22 +97,19 @@ def test_the_grid_hands_device_settings_to_the_jobs_with_model_overrides():
     )
     grid = Grid.from_config(config)
     minilm, smol = grid.finetune_settings("minilm", 1), grid.finetune_settings("smollm2", 1)
-    assert (minilm["device"], minilm["precision"]) == ("cpu", "fp32")
-    assert (smol["device"], smol["precision"]) == ("cpu", "bf16")
+    assert (minilm.device, minilm.precision) == ("cpu", "fp32")
+    assert (smol.device, smol.precision) == ("cpu", "bf16")
     ex_minilm = grid.extract_settings("minilm", "test", task="ner")
     ex_smol = grid.extract_settings("smollm2", "test", task="ner")
-    # Settings at their default stay out of the job's params (finished jobs stay valid);
-    # run_extract's own defaults are the same values.
-    assert ex_minilm["bf16_autocast"] is True
-    assert "device" not in ex_minilm and "padding_side" not in ex_minilm
-    assert {k: ex_smol[k] for k in RUN_DEFAULTS} == {
-        "device": "cpu",
-        "bf16_autocast": True,
-        "padding_side": "left",
-    }
-    assert {k: EXTRACT_DEFAULTS[k] for k in RUN_DEFAULTS} == RUN_DEFAULTS
-    assert FINETUNE_DEFAULTS["device"] == RUN_DEFAULTS["device"]
-    assert "device" not in Grid.from_config(_validated({})).finetune_settings("minilm", 1)
+    assert ex_minilm.bf16_autocast is True
+    assert (ex_minilm.device, ex_minilm.padding_side) == ("auto", "right")
+    assert (ex_smol.device, ex_smol.bf16_autocast, ex_smol.padding_side) == ("cpu", True, "left")
+    # Settings at their default stay out of the job's params (finished jobs stay valid).
+    params = ex_minilm.to_params()
+    assert params["bf16_autocast"] is True
+    assert "device" not in params and "padding_side" not in params
+    default = Grid.from_config(_validated({})).finetune_settings("minilm", 1)
+    assert default.device == "auto" and "device" not in default.to_params()
 
 
 def test_defaults_are_filled_in():

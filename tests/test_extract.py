@@ -238,7 +238,8 @@ def test_failure_leaves_no_cache(tiny_bert_dir, tmp_path):
     with pytest.raises(FinescopeError, match="equal length"):
         run_extract("ner", tiny_bert_dir, bad, tmp_path / "c", {})
     assert not (tmp_path / "c").exists()
-    with pytest.raises(FinescopeError, match="unknown key"):
+    unknown = r"config key extract\.batchsize: unknown setting; did you mean .batch_size."
+    with pytest.raises(FinescopeError, match=unknown):
         run_extract("ner", tiny_bert_dir, bad, tmp_path / "c", {"batchsize": 3})
 
 
@@ -380,7 +381,7 @@ def test_pair_encoding_is_the_same_in_finetuning_and_extraction(arch, nli_items,
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, "nli", NLI_LABELS)
     enc = ft_batches._encode_for(
-        model, tokenizer, "nli", nli_items, NLI_LABELS, ft.resolve_settings({}), "x"
+        model, tokenizer, "nli", nli_items, NLI_LABELS, ft.FinetuneSettings(), "x"
     )
     expected = [tuple(f["input_ids"]) for f in enc.features]
     assert sorted(seen) == sorted(expected) and len(seen) == len(nli_items)

@@ -434,14 +434,14 @@ def test_nli_pairs_are_one_sequence_from_the_shared_pair_encoding(arch, toy_data
     items = train[:5]
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, "nli", labels, seed=0)
-    s = ft.resolve_settings({})
+    s = ft.FinetuneSettings()
     enc = ft_batches._encode_for(model, tokenizer, "nli", items, labels, s, "train")
     decoder = arch != "bert"
     pairs = encode_pairs(
         tokenizer,
         [item["premise"] for item in items],
         [item["hypothesis"] for item in items],
-        s["max_length"],
+        s.max_length,
         decoder=decoder,
         token_type_ids=not decoder,
     )
@@ -537,14 +537,14 @@ def test_build_batches_gives_the_training_batches(tiny_gpt2_dir, toy_data):
 
 
 def test_settings_are_validated():
-    s = ft.resolve_settings({"learning_rate": "5e-5", "lora": {"enabled": True}})
-    assert s["learning_rate"] == 5e-5 and s["lora"]["r"] == 8 and s["eval_batch_size"] == 32
+    s = ft.FinetuneSettings.build({"learning_rate": "5e-5", "lora": {"enabled": True}})
+    assert s.learning_rate == 5e-5 and s.lora.r == 8 and s.eval_batch == 32
     with pytest.raises(FinescopeError, match="finetune.precision"):
-        ft.resolve_settings({"precision": "fp8"})
+        ft.FinetuneSettings.build({"precision": "fp8"})
     with pytest.raises(FinescopeError, match="finetune.batch_size"):
-        ft.resolve_settings({"batch_size": 0})
+        ft.FinetuneSettings.build({"batch_size": 0})
     with pytest.raises(FinescopeError, match="finetune.lora.r"):
-        ft.resolve_settings({"lora": {"r": "many"}})
+        ft.FinetuneSettings.build({"lora": {"r": "many"}})
     with pytest.raises(FinescopeError, match="needs a CUDA GPU"):
         ft.resolve_precision("fp16", torch.device("cpu"))
     assert ft.resolve_precision("auto", torch.device("cpu")).name == "fp32"

@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from finescope.errors import FinescopeError
-from finescope.probe import LinearProbe, make_probe, resolve_settings
+from finescope.probe import LinearProbe, ProbeSettings, make_probe
 from finescope.torch_probe import TorchLogisticRegression, fit_logistic
 
 
@@ -81,7 +81,7 @@ def test_backend_setting_selects_the_estimator_and_rejects_unknown_values():
     fitted = make_probe("linear", {}).fit(X, y)
     assert isinstance(fitted.model_[-1], TorchLogisticRegression)
     with pytest.raises(FinescopeError, match="probe.linear.backend"):
-        resolve_settings({"linear": {"backend": "jax"}})
+        ProbeSettings.build({"linear": {"backend": "jax"}})
 
 
 def test_single_class_is_refused_with_a_clear_error():

@@ -13,6 +13,7 @@ from finescope import tracking
 from finescope.errors import FinescopeError
 from finescope.finetune import finetune_job
 from finescope.io import read_json
+from finescope.settings.tracking import TrackingSettings
 from finescope.subsample import write_subset
 from tests.test_finetune import _train_ids, _write_toy
 
@@ -118,7 +119,7 @@ def test_backend_none_logs_nothing_and_mlflow_missing_is_a_clear_error(tmp_path,
     with pytest.raises(FinescopeError, match=r"pip install '\.\[tracking\]'"):
         tracking.log_analysis_run({"backend": "mlflow"}, None, None)
     with pytest.raises(FinescopeError, match="tracking.backend"):
-        tracking.resolve({"backend": "wandb"})
+        TrackingSettings.build({"backend": "wandb"})
 
 
 @pytest.mark.workflow

@@ -46,22 +46,25 @@ def test_grid_settings_merge_model_overrides():
     assert grid.internal_points() == [("0", 0), ("random", 0), ("50", 1), ("100", 1)]
     smol = grid.finetune_settings("smollm2", seed=1)
     minilm = grid.finetune_settings("minilm", seed=1)
-    assert smol["learning_rate"] == 0.0001 and minilm["learning_rate"] == 0.0003
-    assert smol["seed"] == 1 and smol["epochs"] == 2 and minilm["epochs"] == 4
-    assert grid.extract_settings("minilm", "probe")["attention_items"] == 0
-    assert grid.extract_settings("minilm", "test")["attention_items"] == 32
+    assert smol.learning_rate == 0.0001 and minilm.learning_rate == 0.0003
+    assert smol.seed == 1 and smol.epochs == 2 and minilm.epochs == 4
+    assert grid.extract_settings("minilm", "probe").attention_items == 0
+    assert grid.extract_settings("minilm", "test").attention_items == 32
     # Only the random baseline's weights depend on the seed: no other extraction re-runs for it.
-    assert "seed" not in grid.extract_settings("minilm", "test")
-    assert grid.extract_settings("minilm", "test", random_init=True)["seed"] == 0
+    assert "seed" not in grid.extract_settings("minilm", "test").to_params()
+    random_init = {**grid.config, "probe": {**grid.config["probe"], "seed": 5}}
+    assert Grid(random_init).extract_settings("minilm", "test", random_init=True).seed == 5
+    assert "seed" not in Grid(random_init).extract_settings("minilm", "test").to_params()
     # NER: a decoder's head and probes read the last sub-word of a word, an encoder's the first.
-    assert smol["ner_subword"] == "last" and minilm["ner_subword"] == "first"
-    assert grid.extract_settings("smollm2", "probe", task="ner")["ner_pooling"] == "last"
-    assert grid.extract_settings("minilm", "probe", task="ner")["ner_pooling"] == "first"
-    assert "ner_pooling" not in grid.extract_settings("minilm", "probe", task="nli")
-    assert grid.extract_settings("minilm", "probe", task="nli")["nli_view"] == "pair"
-    assert grid.extract_settings("minilm", "probe")["max_items"] is None  # the whole pool
-    assert "svm" not in grid.probe_settings("ner")["probes"]
-    assert "bilstm_crf" not in grid.probe_settings("nli")["probes"]
+    assert smol.ner_subword == "last" and minilm.ner_subword == "first"
+    assert grid.extract_settings("smollm2", "probe", task="ner").ner_pooling == "last"
+    assert grid.extract_settings("minilm", "probe", task="ner").ner_pooling == "first"
+    # Each task's own setting only: a decoder's NLI caches do not depend on its NER pooling.
+    assert "ner_pooling" not in grid.extract_settings("smollm2", "probe", task="nli").to_params()
+    assert grid.extract_settings("minilm", "probe", task="nli").nli_view == "pair"
+    assert grid.extract_settings("minilm", "probe").max_items is None  # the whole pool
+    assert "svm" not in grid.probe_settings("ner").probes
+    assert "bilstm_crf" not in grid.probe_settings("nli").probes
 
 
 def test_repeated_keys_are_refused_with_their_line(tmp_path):

@@ -15,7 +15,6 @@ from finescope.analysis.features import feature_table, pooled_features
 from finescope.analysis.grid import layer_sort_key
 from finescope.analysis.settings import (
     _CELLS_WORDS,
-    _DEFAULTS,
     CONTROLS,
     CORRELATION_COLUMNS,
     DEFAULT_SCOPES,
@@ -46,6 +45,7 @@ from finescope.analysis.stats import (
 from finescope.analysis.tidy import _check_columns
 from finescope.errors import FinescopeError
 from finescope.io import write_csv
+from finescope.settings.analysis import AnalysisSettings
 
 
 def _test_rows(
@@ -144,7 +144,7 @@ def _test_rows(
 
 def correlate(
     tidy: pd.DataFrame,
-    seed: int = _DEFAULTS["seed"],
+    seed: int = AnalysisSettings.seed,
     n_boot: int = N_BOOT,
     *,
     min_n: int = MIN_N,
@@ -445,14 +445,11 @@ def normalize_correlations(correlations: pd.DataFrame | None) -> pd.DataFrame:
     return out
 
 
-def correlations_job(measures_path: str, settings: dict, out_csv: str) -> None:
+def correlations_job(
+    measures_path: str, settings: AnalysisSettings | Mapping, out_csv: str
+) -> None:
     """The ``correlations`` job: ``results/tables/correlations.csv``."""
+    s = AnalysisSettings.build(settings)
     tidy = pd.read_parquet(measures_path)
-    table = correlate(
-        tidy,
-        seed=settings["seed"],
-        n_boot=settings["n_boot"],
-        min_n=settings["min_n"],
-        depth_bins=settings["depth_bins"],
-    )
+    table = correlate(tidy, seed=s.seed, n_boot=s.n_boot, min_n=s.min_n, depth_bins=s.depth_bins)
     write_csv(table, out_csv)

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from finescope.analysis.grid import normalize_fraction
-from finescope.analysis.settings import _DEFAULTS, DOWNSTREAM_COLUMNS, ENTITY_F1, GRID, RANDOM
+from finescope.analysis.settings import DOWNSTREAM_COLUMNS, ENTITY_F1, GRID, RANDOM
 from finescope.errors import FinescopeError
 from finescope.io import read_json
+from finescope.settings.analysis import AnalysisSettings
 
 
 def _meta_field(model_meta: Mapping[str, Any] | None, model: str, key: str) -> str:
@@ -39,7 +40,7 @@ def collect_downstream(
     records: Iterable[Mapping[str, Any]],
     model_meta: Mapping[str, Mapping[str, Any]] | None = None,
     *,
-    entity_f1: str = _DEFAULTS["entity_f1"],
+    entity_f1: str = AnalysisSettings.entity_f1,
 ) -> pd.DataFrame:
     """Long table of downstream metrics, one row per numeric metric of each grid point.
 
@@ -175,7 +176,9 @@ def downstream_table(
         point, sorted by task, model, fraction, seed.
     """
     if not isinstance(downstream, pd.DataFrame):
-        downstream = collect_downstream(downstream, entity_f1=entity_f1 or _DEFAULTS["entity_f1"])
+        downstream = collect_downstream(
+            downstream, entity_f1=entity_f1 or AnalysisSettings.entity_f1
+        )
     elif entity_f1 is not None and not downstream.empty:
         downstream = _reselect_score(downstream, entity_f1)
     index = ["task", "model", "family", "domain", "fraction", "seed", "primary", "score_metric"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finescope import columns
-from finescope.settings import defaults
+from finescope.settings.analysis import AnalysisSettings
 
 RANDOM = "random"
 SOURCES = ("downstream", "probing", "change")
@@ -33,10 +33,9 @@ CHANGE_DIRECTION = {
     "attention_js": "max",
     "attention_entropy_change": "absmax",
 }
-_DEFAULTS = defaults("analysis")  # the schema's, their one home
-MIN_N = _DEFAULTS["min_n"]
-DEPTH_BINS = _DEFAULTS["depth_bins"]
-N_BOOT = _DEFAULTS["n_boot"]
+MIN_N = AnalysisSettings.min_n
+DEPTH_BINS = AnalysisSettings.depth_bins
+N_BOOT = AnalysisSettings.n_boot
 N_PERM = 2000
 # Up to this many within-cell arrangements the permutation p-value is exact.
 EXACT_LIMIT = 10_000

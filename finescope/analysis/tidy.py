@@ -13,7 +13,6 @@ from finescope import io
 from finescope.analysis.downstream import _meta_field, collect_downstream, downstream_table
 from finescope.analysis.grid import _normalize_head, fraction_sort_key, normalize_fraction
 from finescope.analysis.settings import (
-    _DEFAULTS,
     CHANGE_COLUMNS,
     GRID,
     PROBING_COLUMNS,
@@ -22,6 +21,7 @@ from finescope.analysis.settings import (
 )
 from finescope.errors import FinescopeError
 from finescope.io import write_csv
+from finescope.settings.analysis import AnalysisSettings
 
 
 def read_tables(paths: Iterable[str | Path]) -> pd.DataFrame:
@@ -69,7 +69,7 @@ def tidy_measures(
     change: pd.DataFrame | Sequence[str | Path | pd.DataFrame] | None,
     model_meta: Mapping[str, Mapping[str, Any]] | None,
     *,
-    entity_f1: str = _DEFAULTS["entity_f1"],
+    entity_f1: str = AnalysisSettings.entity_f1,
 ) -> pd.DataFrame:
     """One long table with every downstream, probing and change measure.
 

@@ -24,6 +24,7 @@ from finescope.data.sources import _read_files, _read_hf, _synthetic_items
 from finescope.errors import FinescopeError
 from finescope.io import write_json, write_jsonl
 from finescope.probe_pool import reserve as reserve_probe_pool
+from finescope.settings.probe_pool import ProbePoolSettings
 from finescope.subsample import item_labels, stratified_order
 
 
@@ -212,7 +213,11 @@ def _check_unseen_labels(items: dict[str, list[dict]], cfg: _Cfg, labels: list[s
 
 
 def prepare_task(
-    task: str, data_cfg: dict, out_dir: Path, seed: int, probe_pool: Mapping | None = None
+    task: str,
+    data_cfg: dict,
+    out_dir: Path,
+    seed: int,
+    probe_pool: ProbePoolSettings | Mapping | None = None,
 ) -> dict:
     """Read, validate and normalise one task's data; write the canonical split files.
 
@@ -228,7 +233,7 @@ def prepare_task(
     seed
         Seed for synthetic data, for deriving missing splits and for the probe pool.
     probe_pool
-        Settings of :func:`finescope.probe_pool.reserve` (``source``, ``size``, ``dev_share``):
+        :class:`~finescope.settings.probe_pool.ProbePoolSettings` (or a mapping of them):
         the pool is set aside before any fine-tuning subset is drawn and written to
         ``probe.jsonl`` (train.jsonl then lacks it). None: no pool, no ``probe.jsonl``.
 
@@ -282,7 +287,13 @@ def prepare_task(
         _derive(items, provenance, cfg, seed)
 
     # What produced this folder, so that a reader (the plan) can tell it belongs to a config.
-    provenance["settings"] = {"data": data_cfg, "seed": seed, "probe_pool": probe_pool}
+    if probe_pool is not None:
+        probe_pool = ProbePoolSettings.build(probe_pool)
+    provenance["settings"] = {
+        "data": data_cfg,
+        "seed": seed,
+        "probe_pool": None if probe_pool is None else probe_pool.to_dict(),
+    }
     pool = None
     if probe_pool is not None:
         pool, items["train"], provenance["probe_pool"] = reserve_probe_pool(
@@ -344,7 +355,7 @@ def prepare_task(
 
 
 def prepare_data_job(
-    task: str, data_cfg: dict, seed: int, probe_pool: dict, labels_path: str
+    task: str, data_cfg: dict, seed: int, probe_pool: ProbePoolSettings | Mapping, labels_path: str
 ) -> None:
     """The ``prepare_data`` job: split files and ``labels.json`` beside ``labels_path``."""
     stats = prepare_task(task, data_cfg, Path(labels_path).parent, seed, probe_pool=probe_pool)

@@ -22,12 +22,7 @@ from finescope.finetune.batches import (
 )
 from finescope.finetune.checkpoint import CheckpointStore
 from finescope.finetune.evaluation import evaluate
-from finescope.finetune.settings import (
-    CURVE_COLUMNS,
-    DEFAULT_SETTINGS,
-    resolve_precision,
-    resolve_settings,
-)
+from finescope.finetune.runtime import CURVE_COLUMNS, resolve_precision
 from finescope.finetune.train import (
     apply_lora,
     finetune_job,
@@ -35,11 +30,13 @@ from finescope.finetune.train import (
     run_finetune,
     train_loop,
 )
+from finescope.settings.finetune import FinetuneSettings, LoraSettings
 
 __all__ = [
     "CURVE_COLUMNS",
     "CheckpointStore",
-    "DEFAULT_SETTINGS",
+    "FinetuneSettings",
+    "LoraSettings",
     "apply_lora",
     "build_batches",
     "effective_max_length",
@@ -51,7 +48,6 @@ __all__ = [
     "make_collator",
     "predictions_record",
     "resolve_precision",
-    "resolve_settings",
     "run_finetune",
     "train_loop",
     "uses_token_type_ids",

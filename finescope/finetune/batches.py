@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from finescope.errors import FinescopeError
-from finescope.finetune.settings import TASKS, logger, resolve_settings
+from finescope.finetune.runtime import TASKS, logger
 from finescope.io import read_json
 from finescope.models import (
     effective_max_length,
@@ -25,6 +25,7 @@ from finescope.models import (
     uses_token_type_ids,
     word_index,
 )
+from finescope.settings.finetune import FinetuneSettings
 
 
 def _read_split(path: Path, task: str, labels: Sequence[str]) -> list[dict]:
@@ -252,9 +253,11 @@ def make_collator(task: str, tokenizer, *, position_ids: bool = False) -> Callab
     return collate
 
 
-def _encode_for(model, tokenizer, task: str, items, labels, s: dict, split: str) -> Encoded:
+def _encode_for(
+    model, tokenizer, task: str, items, labels, s: FinetuneSettings, split: str
+) -> Encoded:
     """:func:`encode_items` with the settings and model facts of a run; logs truncation."""
-    max_length = effective_max_length(model, tokenizer, s["max_length"])
+    max_length = effective_max_length(model, tokenizer, s.max_length)
     enc = encode_items(
         task,
         tokenizer,
@@ -262,7 +265,7 @@ def _encode_for(model, tokenizer, task: str, items, labels, s: dict, split: str)
         labels,
         max_length,
         token_type_ids=uses_token_type_ids(model),
-        subword=s["ner_subword"],
+        subword=s.ner_subword,
         decoder=is_decoder(unwrap(model).config),
     )
     if enc.truncated_items:
@@ -328,7 +331,7 @@ def build_batches(
     task: str,
     items: Sequence[dict],
     labels: Sequence[str],
-    settings: dict | None = None,
+    settings: FinetuneSettings | Mapping | None = None,
     *,
     epoch: int = 0,
 ) -> list[dict[str, torch.Tensor]]:
@@ -342,7 +345,8 @@ def build_batches(
     items, labels
         Canonical training items and label names.
     settings
-        Fine-tuning settings (``batch_size``, ``max_length``, ``seed``, ``mega_batch``, ...).
+        :class:`FinetuneSettings` (or a mapping of some of its fields; ``batch_size``,
+        ``max_length``, ``seed``, ``mega_batch``, ... are used).
     epoch
         0-based epoch whose order is wanted.
 
@@ -353,8 +357,8 @@ def build_batches(
         ``labels``, each (batch, length) — NLI ``labels`` (batch,); ``model(**batch).loss``
         works as is.
     """
-    s = resolve_settings(settings)
+    s = FinetuneSettings.build(settings)
     enc = _encode_for(model, tokenizer, task, items, labels, s, "train")
     collate = make_collator(task, tokenizer, position_ids=uses_position_ids(model))
-    order = epoch_batches(enc.lengths, s["batch_size"], s["seed"], epoch, s["mega_batch"])
+    order = epoch_batches(enc.lengths, s.batch_size, s.seed, epoch, s.mega_batch)
     return [collate([enc.features[i] for i in batch]) for batch in order]

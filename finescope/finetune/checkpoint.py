@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from finescope.errors import FinescopeError
-from finescope.finetune.settings import _RESUMABLE_ACROSS, CHECKPOINT_FORMAT, logger
+from finescope.finetune.runtime import CHECKPOINT_FORMAT, logger
 from finescope.io import atomic_path
+from finescope.settings.finetune import FinetuneSettings, _fingerprint_settings
 
 
 @dataclass
@@ -96,7 +97,7 @@ def _items_digest(items: Sequence[dict]) -> str:
 def job_fingerprint(
     task: str,
     model_dir: str | Path,
-    settings: dict,
+    settings: FinetuneSettings,
     subset_ids: Sequence[str],
     labels: Sequence[str],
     train: Sequence[dict],
@@ -123,7 +124,7 @@ def job_fingerprint(
             "weights": [list(w) for w in weights],
         },
         "labels": list(labels),
-        "settings": {k: v for k, v in sorted(settings.items()) if k not in _RESUMABLE_ACROSS},
+        "settings": _fingerprint_settings(settings),
         "subset_sha256": hashlib.sha256("\n".join(subset_ids).encode()).hexdigest(),
         "data_sha256": {"train": _items_digest(train), "dev": _items_digest(dev)},
     }

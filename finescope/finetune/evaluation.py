@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -11,9 +11,10 @@ from finescope.finetune.batches import (
     _encode_for,
     make_collator,
 )
-from finescope.finetune.settings import Precision, _oom_error, resolve_precision, resolve_settings
+from finescope.finetune.runtime import Precision, _oom_error, resolve_precision
 from finescope.metrics import ner_metrics, nli_metrics
 from finescope.models import extra_inputs, uses_position_ids
+from finescope.settings.finetune import FinetuneSettings
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -72,9 +73,11 @@ def _score(task: str, items: Sequence[dict], predictions: list, labels: Sequence
     return ner_metrics([item["tags"] for item in items], predictions)
 
 
-def _evaluate_encoded(model, tokenizer, task, items, labels, enc, s, precision):
+def _evaluate_encoded(
+    model, tokenizer, task, items, labels, enc, s: FinetuneSettings, precision: Precision
+):
     try:
-        predictions = _predict(model, tokenizer, task, enc, labels, s["eval_batch_size"], precision)
+        predictions = _predict(model, tokenizer, task, enc, labels, s.eval_batch, precision)
     except torch.OutOfMemoryError as exc:
         raise _oom_error(exc, s, "evaluating") from exc
     metrics = _score(task, items, predictions, labels)
@@ -84,7 +87,12 @@ def _evaluate_encoded(model, tokenizer, task, items, labels, enc, s, precision):
 
 
 def evaluate(
-    model, tokenizer, task: str, items: Sequence[dict], labels: Sequence[str], settings: dict | None
+    model,
+    tokenizer,
+    task: str,
+    items: Sequence[dict],
+    labels: Sequence[str],
+    settings: FinetuneSettings | Mapping | None,
 ) -> tuple[dict, list]:
     """Score a classification model on canonical items.
 
@@ -98,7 +106,8 @@ def evaluate(
     labels
         Label names in head order.
     settings
-        Fine-tuning settings (``max_length``, ``eval_batch_size``, ``precision`` are used).
+        :class:`FinetuneSettings` (or a mapping of some of its fields; ``max_length``,
+        ``eval_batch_size``, ``precision`` are used).
 
     Returns
     -------
@@ -108,7 +117,7 @@ def evaluate(
         predictions are label names (NLI, one per item) or tag lists (NER, one tag per word;
         words cut by truncation are "O").
     """
-    s = resolve_settings(settings)
-    precision = resolve_precision(s["precision"], _model_device(model))
+    s = FinetuneSettings.build(settings)
+    precision = resolve_precision(s.precision, _model_device(model))
     enc = _encode_for(model, tokenizer, task, items, labels, s, "evaluation")
     return _evaluate_encoded(model, tokenizer, task, list(items), labels, enc, s, precision)

@@ -6,7 +6,7 @@ import csv
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -32,9 +32,8 @@ from finescope.finetune.checkpoint import (
     job_fingerprint,
 )
 from finescope.finetune.evaluation import _evaluate_encoded, _model_device, _to_device
-from finescope.finetune.settings import (
+from finescope.finetune.runtime import (
     _LORA_TARGETS,
-    _RESUMABLE_ACROSS,
     CHECKPOINT_FORMAT,
     CURVE_COLUMNS,
     MAX_GRAD_NORM,
@@ -42,7 +41,6 @@ from finescope.finetune.settings import (
     _run_context,
     logger,
     resolve_precision,
-    resolve_settings,
     seed_everything,
 )
 from finescope.io import atomic_path, write_json
@@ -53,6 +51,7 @@ from finescope.models import (
     uses_position_ids,
 )
 from finescope.progress import Progress
+from finescope.settings.finetune import FinetuneSettings, LoraSettings, _fingerprint_settings
 from finescope.subsample import read_subset
 
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
@@ -67,16 +66,16 @@ def adamw(groups: list[dict], learning_rate: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
 
 
-def _optimizer(model, s: dict) -> torch.optim.Optimizer:
+def _optimizer(model, s: FinetuneSettings) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for p in _trainable(model).values():
         # Biases and norm weights (1-d) are not decayed.
         (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [
-        {"params": decay, "weight_decay": s["weight_decay"]},
+        {"params": decay, "weight_decay": s.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return adamw([g for g in groups if g["params"]], s["learning_rate"])
+    return adamw([g for g in groups if g["params"]], s.learning_rate)
 
 
 def train_loop(
@@ -85,7 +84,7 @@ def train_loop(
     task: str,
     train_items: Sequence[dict],
     labels: Sequence[str],
-    settings: dict | None = None,
+    settings: FinetuneSettings | Mapping | None = None,
     *,
     dev_items: Sequence[dict] = (),
     checkpoint_dir: str | Path | None = None,
@@ -96,7 +95,7 @@ def train_loop(
     """Train ``model`` (in place, on its current device) and return the final state.
 
     AdamW (no decay on 1-d parameters), linear schedule with warm-up, gradient accumulation,
-    gradient clipping at 1.0, autocast per ``settings["precision"]`` (fp16 with loss scaling),
+    gradient clipping at 1.0, autocast per ``settings.precision`` (fp16 with loss scaling),
     length-grouped batches from :func:`epoch_batches`. With ``select_on_dev`` and dev items, dev
     is scored after each epoch and the best weights are restored at the end. With
     ``checkpoint_dir`` a matching checkpoint there is resumed and a new one is written every
@@ -108,21 +107,21 @@ def train_loop(
     TrainState
         Steps, learning curve rows (``CURVE_COLUMNS``), best dev metrics, timing.
     """
-    s = resolve_settings(settings)
+    s = FinetuneSettings.build(settings)
     device = _model_device(model)
-    precision = resolve_precision(s["precision"], device)
+    precision = resolve_precision(s.precision, device)
     train = _encode_for(model, tokenizer, task, train_items, labels, s, "train")
     if not train.features:
         raise FinescopeError("no training items: the selected subset is empty")
-    select = s["select_on_dev"] and len(dev_items) > 0
+    select = s.select_on_dev and len(dev_items) > 0
     dev = _encode_for(model, tokenizer, task, dev_items, labels, s, "dev") if select else None
     collate = make_collator(task, tokenizer, position_ids=uses_position_ids(model))
     extra = extra_inputs(model)
 
-    bs, accum, epochs = s["batch_size"], s["gradient_accumulation"], s["epochs"]
+    bs, accum, epochs = s.batch_size, s.gradient_accumulation, s.epochs
     steps_per_epoch = math.ceil(math.ceil(len(train.features) / bs) / accum)
     total_steps = epochs * steps_per_epoch
-    warmup = math.ceil(s["warmup_ratio"] * total_steps)
+    warmup = math.ceil(s.warmup_ratio * total_steps)
     optimizer = _optimizer(model, s)
     scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
@@ -136,7 +135,7 @@ def train_loop(
                 "format": CHECKPOINT_FORMAT,
                 "task": task,
                 "labels": list(labels),
-                "settings": {k: v for k, v in sorted(s.items()) if k not in _RESUMABLE_ACROSS},
+                "settings": _fingerprint_settings(s),
                 "data_sha256": {
                     "train": _items_digest(train_items),
                     "dev": _items_digest(dev_items),
@@ -145,7 +144,7 @@ def train_loop(
         store = CheckpointStore(checkpoint_dir, fingerprint)
         state = store.load(model, optimizer, scheduler, scaler)
     state = state or TrainState()
-    every = s["checkpoint_every"]
+    every = s.checkpoint_every
 
     logger.info(
         "training %s on %d items: %d epochs x %d steps (batch %d x %d accumulation), %s, %s",
@@ -171,7 +170,7 @@ def train_loop(
     model.train()
     try:
         for epoch in range(state.epoch, epochs):
-            batches = epoch_batches(train.lengths, bs, s["seed"], epoch, s["mega_batch"])
+            batches = epoch_batches(train.lengths, bs, s.seed, epoch, s.mega_batch)
             groups = [batches[i : i + accum] for i in range(0, len(batches), accum)]
             start = state.step_in_epoch if epoch == state.epoch else 0
             for k in range(start, len(groups)):
@@ -245,7 +244,7 @@ def train_loop(
     return state
 
 
-def apply_lora(model, task: str, lora: dict):
+def apply_lora(model, task: str, lora: LoraSettings | Mapping):
     """Wrap ``model`` with LoRA adapters (peft).
 
     The classification head (and BERT's pooler for NLI) stays fully trainable
@@ -260,13 +259,16 @@ def apply_lora(model, task: str, lora: dict):
     task
         ``"nli"`` or ``"ner"``.
     lora
-        ``{"r", "alpha", "dropout"}``.
+        :class:`LoraSettings` (or a mapping of some of its fields); ``r``, ``alpha``,
+        ``dropout`` are used, ``enabled`` is not looked at.
 
     Returns
     -------
     peft.PeftModel
     """
     from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraSettings.build(lora)
 
     task_type = TaskType.SEQ_CLS if task == "nli" else TaskType.TOKEN_CLS
     extra_trainable = None
@@ -278,9 +280,9 @@ def apply_lora(model, task: str, lora: dict):
     def wrap(targets):
         config = LoraConfig(
             task_type=task_type,
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
             target_modules=targets,
             modules_to_save=list(extra_trainable) if extra_trainable else None,
             # GPT-2 stores its projections as Conv1D with transposed weights.
@@ -335,7 +337,7 @@ def run_finetune(
     subset_ids: Sequence[str],
     out_dir: str | Path,
     checkpoint_dir: str | Path | None,
-    settings: dict | None,
+    settings: FinetuneSettings | Mapping | None,
     on_checkpoint: Callable[[int], None] | None = None,
 ) -> dict:
     """Fine-tune a pre-trained model on the training items in ``subset_ids`` and score it.
@@ -357,7 +359,8 @@ def run_finetune(
         Where checkpoints go (every ``checkpoint_every`` steps); a matching checkpoint there is
         resumed; removed after success. None: no checkpoints.
     settings
-        See :data:`DEFAULT_SETTINGS`.
+        :class:`FinetuneSettings`, or a mapping of some of its fields (a nested ``lora``
+        mapping of some of its own).
     on_checkpoint
         Called with the number of checkpoints written so far, right after each one is on disk
         (the resume tests kill the process there, as a scheduler would).
@@ -367,7 +370,7 @@ def run_finetune(
     dict
         The content of ``metrics.json``.
     """
-    s = resolve_settings(settings)
+    s = FinetuneSettings.build(settings)
     out_dir = Path(out_dir)
     labels, train_items, dev_items, test_items = load_task_data(task, data_dir, subset_ids)
     if not train_items:
@@ -377,20 +380,20 @@ def run_finetune(
         )
     if not test_items:
         raise FinescopeError(f"{Path(data_dir) / 'test.jsonl'} is empty: nothing to score on")
-    device = resolve_device(s["device"])
-    precision = resolve_precision(s["precision"], device)
+    device = resolve_device(s.device)
+    precision = resolve_precision(s.precision, device)
     fingerprint = job_fingerprint(
         task, model_dir, s, list(subset_ids), labels, train_items, dev_items
     )
-    with _run_context(s["threads"]):
-        seed_everything(s["seed"])
-        tokenizer = load_tokenizer(model_dir, trust_remote_code=s["trust_remote_code"])
+    with _run_context(s.threads):
+        seed_everything(s.seed)
+        tokenizer = load_tokenizer(model_dir, trust_remote_code=s.trust_remote_code)
         model = load_model(
-            model_dir, task, labels, trust_remote_code=s["trust_remote_code"], seed=s["seed"]
+            model_dir, task, labels, trust_remote_code=s.trust_remote_code, seed=s.seed
         )
         model.config.pad_token_id = tokenizer.pad_token_id
-        if s["lora"]["enabled"]:
-            model = apply_lora(model, task, s["lora"])
+        if s.lora.enabled:
+            model = apply_lora(model, task, s.lora)
         model.to(device)
         state = train_loop(
             model,
@@ -399,12 +402,12 @@ def run_finetune(
             train_items,
             labels,
             s,
-            dev_items=dev_items if s["select_on_dev"] else (),
+            dev_items=dev_items if s.select_on_dev else (),
             checkpoint_dir=checkpoint_dir,
             fingerprint=fingerprint,
             on_checkpoint=on_checkpoint,
         )
-        if s["lora"]["enabled"]:
+        if s.lora.enabled:
             model = model.merge_and_unload()
         model.eval()
         test = _encode_for(model, tokenizer, task, test_items, labels, s, "test")
@@ -418,7 +421,7 @@ def run_finetune(
         "train_items": len(train_items),
         "dev_items": len(dev_items),
         "test_items": len(test_items),
-        "epochs": s["epochs"],
+        "epochs": s.epochs,
         "steps": state.global_step,
         "train_seconds": round(state.train_seconds, 3),
         "examples_per_second": (
@@ -429,8 +432,8 @@ def run_finetune(
         "best_epoch": state.best_epoch,
         "dev": state.best_dev,
         "resumed_from_step": state.resumed_from,
-        "seed": s["seed"],
-        "lora": s["lora"]["enabled"],
+        "seed": s.seed,
+        "lora": s.lora.enabled,
         "model_dir": str(model_dir),
         "test_predictions": predictions_record(task, test_items, test_predictions),
     }
@@ -465,11 +468,13 @@ def finetune_job(
     subset_path: str,
     model_out: str,
     checkpoint_dir: str,
-    settings: dict,
+    settings: FinetuneSettings | Mapping | None,
     tracking: dict | None = None,
 ) -> None:
     """The ``finetune`` job: fine-tune, write the model, ``metrics.json`` and ``curve.csv``
-    beside ``model_out``, and log the run when tracking is on."""
+    beside ``model_out``, and log the run when tracking is on. ``settings``: as for
+    :func:`run_finetune` (the workflow passes the plain dict of the job's params)."""
+    s = FinetuneSettings.build(settings)
     subset = read_subset(subset_path)
     ids = subset["ids"] if isinstance(subset, dict) else subset
     metrics = run_finetune(
@@ -479,7 +484,7 @@ def finetune_job(
         ids,
         Path(model_out).parent,
         checkpoint_dir,
-        settings,
+        s,
     )
     job.log.info("metrics: %s", {k: v for k, v in metrics.items() if k != "test_predictions"})
     dev = (metrics.get("dev") or {}).get("score")
@@ -490,4 +495,4 @@ def finetune_job(
     if track.enabled(tracking):
         curve = Path(model_out).parent / "curve.csv"
 
-        track.log_finetune_run(tracking, point, resolve_settings(settings), metrics, curve)
+        track.log_finetune_run(tracking, point, s.resolved_dict(), metrics, curve)

@@ -25,7 +25,7 @@ Features (column ``features`` of the output names what was used):
   B/I merged (``B-DNA``, ``I-DNA`` -> ``DNA``) or ``O``. Words are grouped into sentences
   through ``meta["word_item"]`` (needed by the sequence probe and to split by item).
 
-Probes (``settings["probes"]``): ``linear`` (standardise + multinomial logistic regression),
+Probes (``settings.probes``): ``linear`` (standardise + multinomial logistic regression),
 ``mlp`` (standardise + one hidden layer), ``svm`` (standardise + RBF SVC, the study's NLI probe)
 and ``bilstm_crf`` (BiLSTM + CRF over each sentence's word vectors, the study's NER probe).
 ``linear.C`` and ``svm.C`` may be lists: per layer, the C with the best probe-dev macro-F1 is
@@ -60,11 +60,11 @@ Controls:
   held-out earlier items (:class:`SelectedLinearProbe`), so that it is not over-confident at
   small training sizes.
 
-Every random choice is seeded by ``settings["seed"]`` and never depends on the order in which
+Every random choice is seeded by ``settings.seed`` and never depends on the order in which
 layers are processed, so results are identical for any ``n_jobs``.
 """
 
-from finescope.probe.controls import hypothesis_type, selectivity_control_labels
+from finescope.probe.controls import STOP_WORDS, hypothesis_type, selectivity_control_labels
 from finescope.probe.estimators import LinearProbe, SelectedLinearProbe, make_probe
 from finescope.probe.features import (
     layer_features,
@@ -81,13 +81,26 @@ from finescope.probe.run import (
     run_probes,
     score_predictions,
 )
-from finescope.probe.settings import DEFAULT_SETTINGS, STOP_WORDS, mdl_block_ends, resolve_settings
+from finescope.settings.probe import (
+    BilstmCrfSettings,
+    LinearSettings,
+    MdlSettings,
+    MlpSettings,
+    ProbeSettings,
+    SvmSettings,
+    mdl_block_ends,
+)
 
 __all__ = [
-    "DEFAULT_SETTINGS",
-    "LinearProbe",
     "STOP_WORDS",
+    "BilstmCrfSettings",
+    "LinearProbe",
+    "LinearSettings",
+    "MdlSettings",
+    "MlpSettings",
+    "ProbeSettings",
     "SelectedLinearProbe",
+    "SvmSettings",
     "control_scores",
     "hypothesis_type",
     "layer_features",
@@ -99,7 +112,6 @@ __all__ = [
     "probe_job",
     "probe_layer",
     "resolve_features",
-    "resolve_settings",
     "run_probes",
     "sample_item_indices",
     "score_predictions",

@@ -9,7 +9,15 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from finescope.errors import FinescopeError
-from finescope.probe.settings import STOP_WORDS
+
+# Function words skipped when taking a hypothesis's first content word (fixed: changing it
+# changes the NLI control task).
+STOP_WORDS = frozenset(
+    """a an the this that these those some any all each every no not
+    is are was were be been being am has have had do does did will would can could
+    there here it its he she they we i you his her their our my your him them us
+    of in on at to for with by from as into over under about and or but if then so""".split()
+)
 
 
 def _key_uniform(seed: int, key: str) -> float:

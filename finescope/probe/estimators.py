@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from finescope.errors import FinescopeError
-from finescope.probe.settings import C_PROBES, LINEAR_BACKENDS, MDL_C_GRID, PROBES, resolve_settings
+from finescope.settings.probe import (
+    C_PROBES,
+    LINEAR_BACKENDS,
+    MDL_C_GRID,
+    PROBES,
+    ProbeSettings,
+)
 
 
 class _ScaledProbe(BaseEstimator, ClassifierMixin):
@@ -405,7 +411,9 @@ class BiLSTMCRFProbe(BaseEstimator, ClassifierMixin):
         return self.classes_[pred]
 
 
-def make_probe(name: str, settings: dict | None = None, *, C: float | None = None) -> Any:
+def make_probe(
+    name: str, settings: ProbeSettings | Mapping | None = None, *, C: float | None = None
+) -> Any:
     """A fresh, seeded probe by name.
 
     Parameters
@@ -413,7 +421,8 @@ def make_probe(name: str, settings: dict | None = None, *, C: float | None = Non
     name
         One of ``linear``, ``mlp``, ``svm``, ``bilstm_crf``.
     settings
-        Probe settings (``run_probes`` keys); missing keys take :data:`DEFAULT_SETTINGS`.
+        :class:`ProbeSettings`, or a mapping of some of its keys (the rest take their
+        defaults).
     C
         ``linear`` / ``svm`` only: this C instead of the setting's (needed where the setting
         is a list of candidates, which only :func:`run_probes` searches).
@@ -422,44 +431,43 @@ def make_probe(name: str, settings: dict | None = None, *, C: float | None = Non
     -------
     An unfitted probe with ``fit(X, y, groups=None)`` / ``predict(X, groups=None)``.
     """
-    s = resolve_settings(settings or {})
-    seed = s["seed"]
+    s = ProbeSettings.build(settings)
+    seed = s.seed
     if name in C_PROBES:
         if C is None:
-            C = s[name]["C"]
-            if isinstance(C, list):
+            C = getattr(s, name).C
+            if isinstance(C, tuple):
                 raise FinescopeError(
                     f"config key probe.{name}.C: a list of values is searched on probe-dev "
                     "items by run_probes (pass dev_ids); give one number here"
                 )
         if name == "linear":
-            lin = s["linear"]
-            return LinearProbe(C, lin["max_iter"], random_state=seed, backend=lin["backend"])
-        return SVMProbe(C, s["svm"]["gamma"], random_state=seed)
+            lin = s.linear
+            return LinearProbe(C, lin.max_iter, random_state=seed, backend=lin.backend)
+        return SVMProbe(C, s.svm.gamma, random_state=seed)
     if name == "mlp":
-        p = s["mlp"]
-        return MLPProbe(p["hidden"], p["alpha"], p["max_iter"], random_state=seed)
+        p = s.mlp
+        return MLPProbe(p.hidden, p.alpha, p.max_iter, random_state=seed)
     if name == "bilstm_crf":
-        p = s["bilstm_crf"]
-        return BiLSTMCRFProbe(p["hidden"], p["epochs"], p["lr"], p["batch_size"], seed)
+        p = s.bilstm_crf
+        return BiLSTMCRFProbe(p.hidden, p.epochs, p.lr, p.batch_size, seed)
     raise FinescopeError(f"config key probe.probes: unknown probe {name!r}; use one of {PROBES}")
 
 
-def make_mdl_probe(settings: dict | None = None) -> Any:
-    """The unfitted probe the online code trains on each block (``settings["mdl"]["probe"]``).
+def make_mdl_probe(settings: ProbeSettings | Mapping | None = None) -> Any:
+    """The unfitted probe the online code trains on each block (``settings.mdl.probe``).
 
     ``linear`` -> :class:`SelectedLinearProbe` over ``mdl.C_grid`` (C chosen on held-out
     items at every block); ``mlp`` -> :class:`MLPProbe` with the ``mlp`` settings plus early
     stopping on held-out items.
     """
-    s = resolve_settings(settings or {})
-    mdl = s["mdl"]
-    if mdl["probe"] == "linear":
+    s = ProbeSettings.build(settings)
+    if s.mdl.probe == "linear":
         return SelectedLinearProbe(
-            mdl["C_grid"],
-            max_iter=s["linear"]["max_iter"],
-            random_state=s["seed"],
-            backend=s["linear"]["backend"],
+            s.mdl.C_grid,
+            max_iter=s.linear.max_iter,
+            random_state=s.seed,
+            backend=s.linear.backend,
         )
-    p = s["mlp"]
-    return MLPProbe(p["hidden"], p["alpha"], p["max_iter"], s["seed"], early_stopping=True)
+    p = s.mlp
+    return MLPProbe(p.hidden, p.alpha, p.max_iter, s.seed, early_stopping=True)

@@ -10,18 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from finescope.cache import FLOAT16_MAX
 from finescope.errors import FinescopeError
+from finescope.probe.constants import NER_VIEW, NLI_LAYOUTS, NLI_VIEWS, log
 from finescope.probe.controls import hypothesis_type
-from finescope.probe.settings import (
-    _FP16_MAX,
-    NER_VIEW,
-    NLI_FEATURES,
-    NLI_LAYOUTS,
-    NLI_VIEWS,
-    log,
-    resolve_settings,
-)
 from finescope.probe_pool import cap_items
+from finescope.settings.probe import NLI_FEATURES, ProbeSettings
 
 
 def open_cache(path: str | Path) -> Any:
@@ -88,7 +82,9 @@ def nli_layout(meta: dict, path: str | Path = "cache") -> str:
     return layout
 
 
-def resolve_features(task: str, meta: dict, settings: dict | None = None) -> FeatureSpec:
+def resolve_features(
+    task: str, meta: dict, settings: ProbeSettings | Mapping | None = None
+) -> FeatureSpec:
     """The features probed for a cache, from its meta and the settings.
 
     Parameters
@@ -99,17 +95,18 @@ def resolve_features(task: str, meta: dict, settings: dict | None = None) -> Fea
         The cache's ``meta.json`` (``nli_view``, ``ner_pooling`` are read; absent = separate
         and mean).
     settings
-        Probe settings (``nli_features``, ``nli_interactions``).
+        :class:`ProbeSettings` or a mapping of some of its keys (``nli_features``,
+        ``nli_interactions`` are read).
 
     Returns
     -------
     The :class:`FeatureSpec`; its ``name`` is the ``features`` column of the output.
     """
-    s = resolve_settings(settings or {})
+    s = ProbeSettings.build(settings)
     if task == "ner":
         return FeatureSpec(f"{NER_VIEW}:{meta.get('ner_pooling') or 'mean'}", (NER_VIEW,))
     layout = nli_layout(meta)
-    mode = s["nli_features"]
+    mode = s.nli_features
     if mode == "auto":
         mode = "cls_segments" if layout == "pair" else "segments"
     views = NLI_FEATURES[mode]
@@ -118,8 +115,8 @@ def resolve_features(task: str, meta: dict, settings: dict | None = None) -> Fea
             f"config key probe.nli_features: {mode!r} reads the 'cls' view, which only pair "
             "caches store (extract.nli_view: pair); use segments or auto for separate caches"
         )
-    name = "+".join(views) + ("+|u-v|+u*v" if s["nli_interactions"] else "")
-    return FeatureSpec(name, views, s["nli_interactions"])
+    name = "+".join(views) + ("+|u-v|+u*v" if s.nli_interactions else "")
+    return FeatureSpec(name, views, s.nli_interactions)
 
 
 def _item_ids(cache: Any, path: Path) -> list[str]:
@@ -206,7 +203,7 @@ def _select(
 
 
 def _check_caches(
-    task: str, probe: Any, test: Any, paths: tuple[Path, Path], settings: dict
+    task: str, probe: Any, test: Any, paths: tuple[Path, Path], settings: ProbeSettings
 ) -> FeatureSpec:
     """Both caches fit the task and each other; the features they are probed on."""
     for cache, path in zip((probe, test), paths, strict=True):
@@ -253,8 +250,8 @@ def _view_matrix(cache: Any, view: str, layer: int, rows: np.ndarray) -> np.ndar
                 "delete the cache and re-extract (extract.dtype: float32 if it recurs)"
             )
         # float16 overflow of very large activations: keep them, at the largest half value.
-        log.warning("layer %d: infinite hidden states clipped to +-%g", layer, _FP16_MAX)
-        X = np.clip(X, -_FP16_MAX, _FP16_MAX)
+        log.warning("layer %d: infinite hidden states clipped to +-%g", layer, FLOAT16_MAX)
+        X = np.clip(X, -FLOAT16_MAX, FLOAT16_MAX)
     return X
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from finescope.errors import FinescopeError
-from finescope.probe.settings import MDL_PORTIONS, mdl_block_ends
+from finescope.settings.probe import MDL_PORTIONS, mdl_block_ends
 
 
 def _block_bits(

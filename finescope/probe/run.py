@@ -16,6 +16,7 @@ from finescope import io, job
 from finescope.cache import truncation_counts
 from finescope.errors import FinescopeError
 from finescope.io import write_csv
+from finescope.probe.constants import COLUMNS, NER_OUTSIDE, log
 from finescope.probe.controls import control_coverage, selectivity_control_labels
 from finescope.probe.estimators import make_mdl_probe, make_probe
 from finescope.probe.features import (
@@ -28,16 +29,9 @@ from finescope.probe.features import (
     sample_item_indices,
 )
 from finescope.probe.mdl import online_codelength
-from finescope.probe.settings import (
-    C_PROBES,
-    COLUMNS,
-    NER_OUTSIDE,
-    SEQUENCE_PROBES,
-    log,
-    resolve_settings,
-)
 from finescope.progress import Progress
 from finescope.settings import tasks
+from finescope.settings.probe import C_PROBES, SEQUENCE_PROBES, ProbeSettings
 
 
 def probe_layer(
@@ -46,7 +40,7 @@ def probe_layer(
     X_test: np.ndarray,
     y_test: Sequence,
     probe: str | Any = "linear",
-    settings: dict | None = None,
+    settings: ProbeSettings | Mapping | None = None,
     *,
     groups_train: np.ndarray | None = None,
     groups_test: np.ndarray | None = None,
@@ -62,7 +56,7 @@ def probe_layer(
     probe
         A probe name (see :func:`make_probe`) or an unfitted object with fit/predict.
     settings
-        Probe settings (``run_probes`` keys).
+        :class:`ProbeSettings` or a mapping of some of its keys (for a probe given by name).
     groups_train, groups_test
         Sentence index of each row, shapes (N_train,) and (N_test,); sequence probes only.
 
@@ -77,7 +71,8 @@ def probe_layer(
             f"features and labels differ in length: train {len(X_train)} vs {len(y_train)}, "
             f"test {len(X_test)} vs {len(y_test)}"
         )
-    model = make_probe(probe, settings) if isinstance(probe, str) else probe
+    s = ProbeSettings.build(settings)
+    model = make_probe(probe, s) if isinstance(probe, str) else probe
     # Only sequence probes take groups; plain sklearn estimators do not accept the keyword.
     fit_kw = {} if groups_train is None else {"groups": groups_train}
     pred_kw = {} if groups_test is None else {"groups": groups_test}
@@ -139,7 +134,12 @@ def control_scores(
 
 
 def _fit(
-    name: str, settings: dict, C: float | None, X: np.ndarray, y: np.ndarray, split: _Split
+    name: str,
+    settings: ProbeSettings,
+    C: float | None,
+    X: np.ndarray,
+    y: np.ndarray,
+    split: _Split,
 ) -> Any:
     model = make_probe(name, settings, C=C)
     # Only sequence probes take groups (the sentence of each word).
@@ -162,7 +162,7 @@ def _probe_one_layer(
     train: _Split,
     dev: _Split | None,
     test: _Split,
-    settings: dict,
+    settings: ProbeSettings,
 ) -> list[tuple[int, str, str, float]]:
     """All measures of one layer: (layer, probe, measure, value) tuples in a fixed order."""
     from threadpoolctl import threadpool_limits
@@ -171,10 +171,10 @@ def _probe_one_layer(
     scored = [("", X_test, test)] + ([("dev_", X_dev, dev)] if dev is not None else [])
     # One BLAS thread per layer: identical arithmetic for any n_jobs, no oversubscription.
     with threadpool_limits(limits=1):
-        for name in settings["probes"]:
-            grid = settings[name]["C"] if name in C_PROBES else None
+        for name in settings.probes:
+            grid = getattr(settings, name).C if name in C_PROBES else None
             C = None
-            if isinstance(grid, list):
+            if isinstance(grid, tuple):
                 # Per-layer choice on probe-dev; strict ">" keeps the smaller C on ties.
                 best = -math.inf
                 for candidate in grid:
@@ -196,8 +196,8 @@ def _probe_one_layer(
                 out += [(layer, name, prefix + m, v) for m, v in scores.items()]
             if C is not None:
                 out.append((layer, name, "chosen_C", float(C)))
-        mdl = settings["mdl"]
-        if mdl["enabled"]:
+        mdl = settings.mdl
+        if mdl.enabled:
             n_classes = len(np.unique(train.labels))
             template = make_mdl_probe(settings)
             bits, uniform = online_codelength(
@@ -205,11 +205,11 @@ def _probe_one_layer(
                 train.labels,
                 n_classes,
                 lambda: clone(template),
-                settings["seed"],
-                mdl["portions"],
+                settings.seed,
+                mdl.portions,
             )
-            out.append((layer, mdl["probe"], "codelength", bits))
-            out.append((layer, mdl["probe"], "compression", uniform / bits if bits else math.nan))
+            out.append((layer, mdl.probe, "codelength", bits))
+            out.append((layer, mdl.probe, "compression", uniform / bits if bits else math.nan))
     log.info("layer %d probed", layer)
     return out
 
@@ -219,7 +219,7 @@ def run_probes(
     probe_cache: str | Path,
     test_cache: str | Path,
     point: dict,
-    settings: dict,
+    settings: ProbeSettings | Mapping,
     *,
     dev_ids: Iterable[str] | None = None,
     probe_words: Sequence[str] | None = None,
@@ -241,12 +241,13 @@ def run_probes(
         ``{"task", "model", "fraction", "seed"}`` copied into every row (``fraction`` may be
         ``"random"`` for the random-weights baseline).
     settings
-        Keys of :data:`DEFAULT_SETTINGS`: probes, linear {C, max_iter}, mlp {hidden, alpha,
-        max_iter}, svm {C, gamma}, bilstm_crf {hidden, epochs, lr, batch_size},
-        nli_features, nli_interactions, selectivity, nli_control, mdl (bool or {enabled,
-        probe, portions, C_grid}), seed, max_train_items / max_test_items (optional caps on
-        probe-train and test items, off by default), n_jobs (layers in parallel; results do
-        not depend on it). ``linear.C`` / ``svm.C`` may be lists (searched on probe-dev).
+        :class:`ProbeSettings`, or a mapping of some of its keys: probes, linear {C,
+        max_iter, backend}, mlp {hidden, alpha, max_iter}, svm {C, gamma}, bilstm_crf
+        {hidden, epochs, lr, batch_size}, nli_features, nli_interactions, selectivity,
+        nli_control, mdl (bool or {enabled, probe, portions, C_grid}), seed, max_train_items
+        / max_test_items (optional caps on probe-train and test items, off by default),
+        n_jobs (layers in parallel; results do not depend on it). ``linear.C`` / ``svm.C``
+        may be lists (searched on probe-dev).
     dev_ids
         Item ids of the probe pool's probe-dev items; None: no probe-dev rows (and no C
         search).
@@ -275,9 +276,9 @@ def run_probes(
         raise FinescopeError(f"probe grid point {point}: missing {missing}")
     if point.get("task", task) != task:
         raise FinescopeError(f"probe grid point {point}: task differs from {task!r}")
-    s = resolve_settings(settings)
+    s = ProbeSettings.build(settings)
     if task == "nli":
-        wrong = [p for p in s["probes"] if p in SEQUENCE_PROBES]
+        wrong = [p for p in s.probes if p in SEQUENCE_PROBES]
         if wrong:
             raise FinescopeError(
                 f"config key probe.probes: {wrong} read word sequences and apply to NER only; "
@@ -298,17 +299,17 @@ def run_probes(
             f"{paths[0]}: none of the {len(dev_set)} dev_ids is an item of the probe cache"
         )
     train_items = np.flatnonzero(~is_dev)
-    kept = sample_item_indices([pool_ids[i] for i in train_items], s["max_train_items"], s["seed"])
+    kept = sample_item_indices([pool_ids[i] for i in train_items], s.max_train_items, s.seed)
     train_items, dev_items = train_items[kept], np.flatnonzero(is_dev)
-    test_items = sample_item_indices(_item_ids(test_c, paths[1]), s["max_test_items"], s["seed"])
-    searched = [p for p in s["probes"] if p in C_PROBES and isinstance(s[p]["C"], list)]
+    test_items = sample_item_indices(_item_ids(test_c, paths[1]), s.max_test_items, s.seed)
+    searched = [p for p in s.probes if p in C_PROBES and isinstance(getattr(s, p).C, tuple)]
     if searched and not len(dev_items):
         raise FinescopeError(
             f"config keys {[f'probe.{p}.C' for p in searched]}: a list of C values is chosen "
             "on probe-dev items, but there are none (dev_ids not given); give one number"
         )
 
-    control = s["selectivity"] and (task == "ner" or s["nli_control"] == "lexical")
+    control = s.selectivity and (task == "ner" or s.nli_control == "lexical")
     words = (probe_words, probe_words, test_words)
     hyps = (probe_hypotheses, probe_hypotheses, test_hypotheses)
     train, dev, test = (
@@ -331,7 +332,7 @@ def run_probes(
         # label, drawn from the probe-train labels, the same map in every split.
         for split in (train, dev, test):
             if split is not None:
-                split.control = selectivity_control_labels(split.keys, train.labels, s["seed"])
+                split.control = selectivity_control_labels(split.keys, train.labels, s.seed)
                 split.coverage = control_coverage(split.keys, train.keys)
     log.info(
         "probing %s %s: %d layers, %d probe-train, %d probe-dev, %d test rows, probes %s, "
@@ -342,7 +343,7 @@ def run_probes(
         len(train.rows),
         0 if dev is None else len(dev.rows),
         len(test.rows),
-        s["probes"],
+        list(s.probes),
         spec.name,
     )
 
@@ -356,10 +357,10 @@ def run_probes(
             yield layer, task, X_train, X_dev, X_test, train, dev, test, s
 
     bar = Progress(f"probe {task} {point['model']} f{point['fraction']}", n_layers, "layer")
-    if s["n_jobs"] == 1:
+    if s.n_jobs == 1:
         finished = (_probe_one_layer(*args) for args in layer_jobs())
     else:
-        finished = Parallel(n_jobs=s["n_jobs"], return_as="generator")(
+        finished = Parallel(n_jobs=s.n_jobs, return_as="generator")(
             delayed(_probe_one_layer)(*args) for args in layer_jobs()
         )
     results = []
@@ -384,13 +385,13 @@ def probe_job(
     pool_path: str,
     test_path: str,
     point: dict,
-    settings: dict,
+    settings: ProbeSettings | Mapping,
     out_csv: str,
     n_jobs: int = 1,
 ) -> None:
     """The ``probe`` job: every probe on every layer of one grid point, to ``out_csv``."""
     # Layers in parallel, one per thread of the job; the scores do not depend on it.
-    settings = {**settings, "n_jobs": n_jobs}
+    s = ProbeSettings.build(settings).replace(n_jobs=n_jobs)
     pool = io.read_jsonl(pool_path)
     kwargs: dict = {"dev_ids": [str(i["id"]) for i in pool if i.get("probe_split") == "dev"]}
     if point["task"] == "nli":
@@ -399,9 +400,7 @@ def probe_job(
         kwargs["test_hypotheses"] = {
             str(i["id"]): i["hypothesis"] for i in io.read_jsonl(test_path)
         }
-    table = run_probes(
-        point["task"], Path(probe_cache), Path(test_cache), point, settings, **kwargs
-    )
+    table = run_probes(point["task"], Path(probe_cache), Path(test_cache), point, s, **kwargs)
     # How much of the probed input max_length cut (words: NER only; empty for NLI).
     table = table.assign(**truncation_counts(probe_cache, test_cache))
     write_csv(table, out_csv)
